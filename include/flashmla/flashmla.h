@@ -1,0 +1,139 @@
+// FlashMLA-cpp public API: Multi-head Latent Attention decoding over a paged KV cache.
+//
+// Framework-free: raw pointers, int64 element strides, cudaStream_t. Nothing here allocates,
+// synchronizes the device or aborts the process; every call returns a Status whose message
+// names the offending argument.
+//
+// A decode step is three calls:
+//   1. get_mla_metadata   once per step (shared by every layer): splits the batch's KV work
+//                         over the GPU's multiprocessors. Runs on the GPU from device seqlens,
+//                         so it is CUDA-graph capturable. Output sizes depend only on the
+//                         shape (num_sm_parts, batch), never on seqlen values.
+//   2. decode_workspace_size  bytes the split-KV partial results need (CUB-style query).
+//   3. mla_decode         once per layer: split-KV attention + log-sum-exp combine.
+//
+// Backend::kHost runs the same three calls on host memory with the C++ reference
+// implementation (float64 accumulation): the executable specification of the semantics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include <cuda_runtime_api.h>
+
+namespace flashmla {
+
+// Head dimensions of DeepSeek-V2/V3 MLA: 512 latent + 64 RoPE channels for Q and K;
+// V is the first 512 channels of the same cache rows.
+constexpr int kHeadDimQK = 576;
+constexpr int kHeadDimV = 512;
+// Ints per row of the tile-scheduler metadata (one row per "SM part").
+constexpr int kMetadataInts = 8;
+
+enum class DataType { kBFloat16, kFloat16 };
+enum class Backend { kCuda, kHost };
+
+class Status {
+ public:
+  Status() = default;
+  static Status Ok() { return Status(); }
+  static Status Error(std::string message) { return Status(std::move(message), true); }
+  bool ok() const { return !failed_; }
+  const std::string& message() const { return message_; }
+
+ private:
+  Status(std::string message, bool failed) : message_(std::move(message)), failed_(failed) {}
+  std::string message_;
+  bool failed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling
+// ---------------------------------------------------------------------------------------------
+
+// Number of CTAs ("SM parts") each (m-block, kv-head) pair is spread over so that the whole
+// grid fills the GPU once. q_rows_per_kv_head = s_q * h_q / h_kv (FlashMLA's
+// num_q_tokens_per_head_k). Depends only on shapes, never on sequence lengths.
+int num_sm_parts(int num_sms, int q_rows_per_kv_head, int h_kv);
+
+struct MetadataArgs {
+  Backend backend = Backend::kCuda;
+  const int32_t* cache_seqlens = nullptr;  // [batch], device (kCuda) or host (kHost) memory
+  int batch = 0;
+  int num_sm_parts = 0;                     // from num_sm_parts()
+  int32_t* tile_scheduler_metadata = nullptr;  // out: [num_sm_parts, kMetadataInts]
+  int32_t* num_splits = nullptr;               // out: [batch + 1], prefix sums of splits per request
+};
+
+// Computes the split plan. No host synchronization, no allocation.
+Status get_mla_metadata(const MetadataArgs& args, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Decode
+// ---------------------------------------------------------------------------------------------
+
+struct DecodeArgs {
+  Backend backend = Backend::kCuda;
+  DataType dtype = DataType::kBFloat16;  // of q, k_cache and out
+
+  int batch = 0;                // b
+  int s_q = 0;                  // query tokens per request (>1 for speculative decoding)
+  int h_q = 0;                  // query heads
+  int h_kv = 0;                 // KV heads (1 for MLA); h_q % h_kv == 0
+  int head_dim_v = kHeadDimV;   // must be 512; checked so callers passing FlashMLA's argument learn early
+
+  // q: [batch, s_q, h_q, 576]; strides in elements, the last dim contiguous.
+  const void* q = nullptr;
+  int64_t q_batch_stride = 0, q_token_stride = 0, q_head_stride = 0;
+
+  // k_cache: [num_blocks, page_size, h_kv, 576]; V is channels [0, 512) of the same rows.
+  const void* k_cache = nullptr;
+  int num_blocks = 0;
+  int page_size = 0;
+  int64_t k_block_stride = 0, k_token_stride = 0, k_head_stride = 0;
+
+  // block_table: [batch, max_blocks_per_seq] int32; entries past a request's last page are never read.
+  const int32_t* block_table = nullptr;
+  int max_blocks_per_seq = 0;
+  int64_t block_table_batch_stride = 0;
+
+  // cache_seqlens: [batch] int32 in [0, max_blocks_per_seq * page_size]. Values are only known
+  // on the device: an out-of-range length (or block-table entry) makes that request's
+  // out and lse NaN instead of reading out of bounds.
+  const int32_t* cache_seqlens = nullptr;
+
+  // The plan from get_mla_metadata for the same cache_seqlens.
+  const int32_t* tile_scheduler_metadata = nullptr;  // [num_sm_parts, kMetadataInts]
+  const int32_t* num_splits = nullptr;               // [batch + 1]
+  int num_sm_parts = 0;
+
+  // out: [batch, s_q, h_q, 512] in dtype; strides in elements, last dim contiguous.
+  void* out = nullptr;
+  int64_t out_batch_stride = 0, out_token_stride = 0, out_head_stride = 0;
+  // softmax_lse: [batch, h_q, s_q] float32, contiguous, natural log; +inf for rows that see no key.
+  float* softmax_lse = nullptr;
+
+  float softmax_scale = 0.f;  // 0 selects the default 1/sqrt(576)
+  bool causal = false;        // bottom-right aligned: query token i sees keys [0, seqlen - s_q + i]
+};
+
+// Bytes of workspace mla_decode needs for this shape (CUB-style; 0 is possible). Depends only
+// on (batch, s_q, h_q, h_kv, num_sm_parts).
+size_t decode_workspace_size(int batch, int s_q, int h_q, int h_kv, int num_sm_parts);
+
+// Runs the decode. workspace: caller-owned, at least decode_workspace_size() bytes, 256-byte
+// aligned, in the backend's memory. Asynchronous on `stream` for Backend::kCuda.
+Status mla_decode(const DecodeArgs& args, void* workspace, size_t workspace_bytes,
+                  cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Reference (host)
+// ---------------------------------------------------------------------------------------------
+
+// Unsplit float64 reference on host memory: one pass per request over its whole paged cache.
+// Same argument conventions as mla_decode; the plan fields of `args` are ignored.
+Status reference_decode(const DecodeArgs& args);
+
+}  // namespace flashmla

@@ -1,0 +1,143 @@
+#include "api/validate.h"
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+
+#include "common/params.h"
+
+namespace flashmla::detail {
+namespace {
+
+// Collects the first failed rule as "argument: expected ..., got ...".
+class Checker {
+ public:
+  template <typename T>
+  Checker& require(bool ok, const char* name, const char* expected, const T& got) {
+    if (!ok && message_.empty()) {
+      std::ostringstream os;
+      os << name << ": expected " << expected << ", got " << got;
+      message_ = os.str();
+    }
+    return *this;
+  }
+  Checker& not_null(const void* p, const char* name) {
+    return require(p != nullptr, name, "a non-null pointer", "nullptr");
+  }
+  // 16-byte vector loads/stores: pointer 16-byte aligned, strides a multiple of 8 elements.
+  Checker& vector_aligned(const void* p, const char* name) {
+    return require(reinterpret_cast<uintptr_t>(p) % 16 == 0, name,
+                   "a 16-byte aligned pointer (rows are moved with 16-byte loads)", p);
+  }
+  Checker& stride(int64_t s, const char* name) {
+    return require(s >= 0 && s % 8 == 0, name,
+                   "a non-negative multiple of 8 elements (16-byte aligned rows)", s);
+  }
+  Status status() const { return message_.empty() ? Status::Ok() : Status::Error(message_); }
+
+ private:
+  std::string message_;
+};
+
+bool valid_backend(Backend b) { return b == Backend::kCuda || b == Backend::kHost; }
+
+}  // namespace
+
+Status validate_metadata_args(const MetadataArgs& a) {
+  Checker c;
+  c.require(valid_backend(a.backend), "backend", "Backend::kCuda or Backend::kHost", int(a.backend))
+      .not_null(a.cache_seqlens, "cache_seqlens")
+      .require(a.batch >= 1, "batch", ">= 1", a.batch)
+      .require(a.num_sm_parts >= 1, "num_sm_parts", ">= 1 (from flashmla::num_sm_parts)", a.num_sm_parts)
+      .not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
+      .not_null(a.num_splits, "num_splits");
+  return c.status();
+}
+
+Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t workspace_bytes,
+                            bool check_plan) {
+  Checker c;
+  c.require(valid_backend(a.backend), "backend", "Backend::kCuda or Backend::kHost", int(a.backend))
+      .require(a.dtype == DataType::kBFloat16 || a.dtype == DataType::kFloat16, "dtype",
+               "DataType::kBFloat16 or DataType::kFloat16", int(a.dtype))
+      .require(a.batch >= 1, "batch", ">= 1", a.batch)
+      .require(a.s_q >= 1, "s_q", ">= 1", a.s_q)
+      .require(a.h_q >= 1, "h_q", ">= 1", a.h_q)
+      .require(a.h_kv >= 1, "h_kv", ">= 1", a.h_kv)
+      .require(a.h_kv >= 1 && a.h_q % a.h_kv == 0, "h_q", "a multiple of h_kv", a.h_q)
+      .require(a.head_dim_v == kHeadDimV, "head_dim_v", "512 (V is the first 512 of 576 channels)",
+               a.head_dim_v)
+      // q
+      .not_null(a.q, "q")
+      .vector_aligned(a.q, "q")
+      .stride(a.q_batch_stride, "q_batch_stride")
+      .stride(a.q_token_stride, "q_token_stride")
+      .stride(a.q_head_stride, "q_head_stride")
+      // k_cache
+      .not_null(a.k_cache, "k_cache")
+      .vector_aligned(a.k_cache, "k_cache")
+      .require(a.num_blocks >= 1, "num_blocks", ">= 1", a.num_blocks)
+      .require(a.page_size >= 1, "page_size", ">= 1", a.page_size)
+      .stride(a.k_block_stride, "k_block_stride")
+      .stride(a.k_token_stride, "k_token_stride")
+      .stride(a.k_head_stride, "k_head_stride")
+      // block table and lengths
+      .not_null(a.block_table, "block_table")
+      .require(a.max_blocks_per_seq >= 1, "max_blocks_per_seq", ">= 1", a.max_blocks_per_seq)
+      .require(a.batch == 1 || a.block_table_batch_stride >= a.max_blocks_per_seq,
+               "block_table_batch_stride", ">= max_blocks_per_seq (rows must not overlap)",
+               a.block_table_batch_stride)
+      .require(int64_t(a.max_blocks_per_seq) * a.page_size <= INT32_MAX, "max_blocks_per_seq",
+               "max_blocks_per_seq * page_size to fit in int32", int64_t(a.max_blocks_per_seq) * a.page_size)
+      .not_null(a.cache_seqlens, "cache_seqlens")
+      // outputs
+      .not_null(a.out, "out")
+      .vector_aligned(a.out, "out")
+      .stride(a.out_batch_stride, "out_batch_stride")
+      .stride(a.out_token_stride, "out_token_stride")
+      .stride(a.out_head_stride, "out_head_stride")
+      .not_null(a.softmax_lse, "softmax_lse")
+      .require(std::isfinite(a.softmax_scale) && a.softmax_scale >= 0.f, "softmax_scale",
+               "a finite value >= 0 (0 selects 1/sqrt(576))", a.softmax_scale);
+  if (check_plan) {
+    c.not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
+        .not_null(a.num_splits, "num_splits")
+        .require(a.num_sm_parts >= 1, "num_sm_parts", ">= 1 (rows of tile_scheduler_metadata)",
+                 a.num_sm_parts);
+    if (a.batch >= 1 && a.h_kv >= 1 && a.num_sm_parts >= 1) {
+      const size_t need = decode_workspace_size(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
+      c.require(workspace_bytes >= need, "workspace_bytes", "at least decode_workspace_size() bytes",
+                workspace_bytes)
+          .require(need == 0 || workspace != nullptr, "workspace", "a non-null pointer", "nullptr")
+          .require(reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlign == 0, "workspace",
+                   "a 256-byte aligned pointer", workspace);
+    }
+  }
+  return c.status();
+}
+
+Status validate_host_lengths(const DecodeArgs& a) {
+  const int64_t capacity = int64_t(a.max_blocks_per_seq) * a.page_size;
+  for (int b = 0; b < a.batch; ++b) {
+    const int seqlen = a.cache_seqlens[b];
+    if (seqlen < 0 || seqlen > capacity) {
+      std::ostringstream os;
+      os << "cache_seqlens[" << b << "]: expected a value in [0, max_blocks_per_seq * page_size = "
+         << capacity << "], got " << seqlen;
+      return Status::Error(os.str());
+    }
+    const int pages = (seqlen + a.page_size - 1) / a.page_size;
+    for (int i = 0; i < pages; ++i) {
+      const int page = a.block_table[b * a.block_table_batch_stride + i];
+      if (page < 0 || page >= a.num_blocks) {
+        std::ostringstream os;
+        os << "block_table[" << b << "][" << i << "]: expected a page index in [0, num_blocks = "
+           << a.num_blocks << "), got " << page;
+        return Status::Error(os.str());
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace flashmla::detail

@@ -1,0 +1,23 @@
+// Compile-time facts shared by the scheduler, the kernels and the reference.
+#pragma once
+
+#include "flashmla/flashmla.h"
+
+#if defined(__CUDACC__)
+#define FLASHMLA_HD __host__ __device__ __forceinline__
+#else
+#define FLASHMLA_HD inline
+#endif
+
+namespace flashmla {
+
+// The scheduler counts work in blocks of this many keys (independent of the cache page size).
+constexpr int kSchedBlockKeys = 64;
+// Cost of starting one request (loading its Q tile, writing its output), in scheduler blocks.
+constexpr int kFixedOverheadBlocks = 5;
+// Query rows (heads of one KV head x query tokens) one CTA processes together.
+constexpr int kBlockM = 64;
+// Workspace partial buffers are 256-byte aligned.
+constexpr size_t kWorkspaceAlign = 256;
+
+}  // namespace flashmla

@@ -1,0 +1,60 @@
+// Plain data shared between host launchers, kernels and the reference: the metadata row
+// layout and the workspace layout. One place for each fact.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/config.h"
+
+namespace flashmla {
+
+// One row of tile_scheduler_metadata = the work of one SM part: the half-open range of
+// (request, scheduler block) positions [(begin_req, begin_block), (end_req, end_block)),
+// where end is stored inclusive in the request: the part processes requests
+// begin_req..end_req, blocks [begin_block, ...) of begin_req and [..., end_block) of end_req.
+// An empty part has end_req < begin_req. begin_split is the split index (within its
+// request) of the piece that starts the part; later requests in the part start at split 0.
+struct MetadataRow {
+  int32_t begin_req;
+  int32_t begin_block;
+  int32_t end_req;
+  int32_t end_block;
+  int32_t begin_split;
+  int32_t reserved[kMetadataInts - 5];
+};
+static_assert(sizeof(MetadataRow) == kMetadataInts * sizeof(int32_t), "metadata row layout");
+
+// Split-KV partial results live in the workspace:
+//   partial_out [max_splits, h_kv, rows_per_kv_head, 512] float32
+//   partial_lse [max_splits, h_kv, rows_per_kv_head]      float32 (natural log, -inf if empty)
+// indexed by num_splits[req] + split. Each plan boundary splits at most one request once more,
+// so max_splits = batch + num_sm_parts.
+struct WorkspaceLayout {
+  int64_t max_splits;
+  int64_t rows_per_kv_head;  // s_q * h_q / h_kv
+  int64_t h_kv;
+  size_t out_offset, lse_offset, total_bytes;
+
+  static size_t align_up(size_t x) { return (x + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+
+  WorkspaceLayout(int batch, int s_q, int h_q, int h_kv_, int num_sm_parts)
+      : max_splits(int64_t(batch) + num_sm_parts),
+        rows_per_kv_head(h_kv_ > 0 ? int64_t(s_q) * (h_q / h_kv_) : 0),
+        h_kv(h_kv_) {
+    const size_t slots = size_t(max_splits * h_kv * rows_per_kv_head);
+    out_offset = 0;
+    lse_offset = align_up(slots * kHeadDimV * sizeof(float));
+    total_bytes = lse_offset + align_up(slots * sizeof(float));
+  }
+};
+
+// Row r (0-based) of the packed query tile of one KV head: r = token * q_heads_per_kv + g,
+// the query head is kv_head * q_heads_per_kv + g. Causal visibility uses the token.
+struct RowMap {
+  int q_heads_per_kv;
+  FLASHMLA_HD int token(int r) const { return r / q_heads_per_kv; }
+  FLASHMLA_HD int head(int kv_head, int r) const { return kv_head * q_heads_per_kv + r % q_heads_per_kv; }
+};
+
+}  // namespace flashmla

@@ -1,0 +1,167 @@
+// Host backend: the executable specification of MLA decode.
+//
+// attend_rows() is the whole math for one (request, KV head) over a key range, accumulated
+// in float64. reference_host() runs it once per request over all keys; decode_host() runs it
+// per piece of the scheduler's split plan and merges the pieces with combine_rows(), exactly
+// the data flow of the GPU path (split-KV kernel + combine kernel), so the two can be compared.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "api/backends.h"
+#include "common/params.h"
+#include "scheduler/split_plan.h"
+
+namespace flashmla::detail {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+double load(const void* base, int64_t idx, DataType dt) {
+  if (dt == DataType::kBFloat16) return double(__bfloat162float(static_cast<const __nv_bfloat16*>(base)[idx]));
+  return double(__half2float(static_cast<const __half*>(base)[idx]));
+}
+
+void store(void* base, int64_t idx, double v, DataType dt) {
+  if (dt == DataType::kBFloat16)
+    static_cast<__nv_bfloat16*>(base)[idx] = __float2bfloat16_rn(float(v));
+  else
+    static_cast<__half*>(base)[idx] = __float2half_rn(float(v));
+}
+
+double default_scale(float scale) { return scale > 0.f ? double(scale) : 1.0 / std::sqrt(double(kHeadDimQK)); }
+
+// Softmax-weighted V of one query row over keys [key_begin, key_end): out normalized, lse in
+// natural log, -inf when the row sees no key in the range.
+struct RowResult {
+  std::vector<double> out = std::vector<double>(kHeadDimV, 0.0);
+  double lse = -kInf;
+};
+
+RowResult attend_row(const DecodeArgs& a, int req, int kv_head, int row, int key_begin, int key_end) {
+  const RowMap rows{a.h_q / a.h_kv};
+  const int token = rows.token(row), head = rows.head(kv_head, row);
+  const int seqlen = a.cache_seqlens[req];
+  if (a.causal) key_end = std::min(key_end, seqlen - a.s_q + token + 1);
+  RowResult r;
+  if (key_end <= key_begin) return r;
+
+  const int64_t q_off = req * a.q_batch_stride + token * a.q_token_stride + head * a.q_head_stride;
+  const double scale = default_scale(a.softmax_scale);
+  std::vector<double> score(key_end - key_begin);
+  std::vector<int64_t> k_off(key_end - key_begin);
+  double max_score = -kInf;
+  for (int k = key_begin; k < key_end; ++k) {
+    const int page = a.block_table[req * a.block_table_batch_stride + k / a.page_size];
+    const int64_t off = page * a.k_block_stride + (k % a.page_size) * a.k_token_stride + kv_head * a.k_head_stride;
+    double dot = 0;
+    for (int d = 0; d < kHeadDimQK; ++d) dot += load(a.q, q_off + d, a.dtype) * load(a.k_cache, off + d, a.dtype);
+    score[k - key_begin] = dot * scale;
+    k_off[k - key_begin] = off;
+    max_score = std::max(max_score, dot * scale);
+  }
+  double sum = 0;
+  for (size_t i = 0; i < score.size(); ++i) {
+    const double p = std::exp(score[i] - max_score);
+    sum += p;
+    for (int d = 0; d < kHeadDimV; ++d) r.out[d] += p * load(a.k_cache, k_off[i] + d, a.dtype);
+  }
+  for (double& v : r.out) v /= sum;
+  r.lse = max_score + std::log(sum);
+  return r;
+}
+
+// Final output of one row: out 0 and lse +inf when the row saw no key.
+void write_final(const DecodeArgs& a, int req, int kv_head, int row, const RowResult& r) {
+  const RowMap rows{a.h_q / a.h_kv};
+  const int token = rows.token(row), head = rows.head(kv_head, row);
+  const bool empty = r.lse == -kInf;
+  const int64_t o = req * a.out_batch_stride + token * a.out_token_stride + head * a.out_head_stride;
+  for (int d = 0; d < kHeadDimV; ++d) store(a.out, o + d, empty ? 0.0 : r.out[d], a.dtype);
+  a.softmax_lse[(int64_t(req) * a.h_q + head) * a.s_q + token] = empty ? INFINITY : float(r.lse);
+}
+
+// Log-sum-exp merge of a request's partial results (the combine kernel's math).
+RowResult combine_rows(const std::vector<RowResult>& parts) {
+  double m = -kInf;
+  for (const RowResult& p : parts) {
+    if (std::isnan(p.lse)) return RowResult{std::vector<double>(kHeadDimV, NAN), NAN};
+    m = std::max(m, p.lse);
+  }
+  RowResult r;
+  if (m == -kInf) return r;
+  double sum = 0;
+  for (const RowResult& p : parts) {
+    const double w = std::exp(p.lse - m);
+    sum += w;
+    for (int d = 0; d < kHeadDimV; ++d) r.out[d] += w * p.out[d];
+  }
+  for (double& v : r.out) v /= sum;
+  r.lse = m + std::log(sum);
+  return r;
+}
+
+}  // namespace
+
+void reference_host(const DecodeArgs& a) {
+  const int rows = a.s_q * (a.h_q / a.h_kv);
+  for (int req = 0; req < a.batch; ++req)
+    for (int h = 0; h < a.h_kv; ++h)
+      for (int row = 0; row < rows; ++row)
+        write_final(a, req, h, row, attend_row(a, req, h, row, 0, a.cache_seqlens[req]));
+}
+
+void decode_host(const DecodeArgs& a, void* workspace) {
+  const WorkspaceLayout ws(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
+  float* part_out = reinterpret_cast<float*>(static_cast<char*>(workspace) + ws.out_offset);
+  float* part_lse = reinterpret_cast<float*>(static_cast<char*>(workspace) + ws.lse_offset);
+  const int rows = int(ws.rows_per_kv_head);
+  auto slot = [&](int split_id, int h, int row) { return (int64_t(split_id) * a.h_kv + h) * rows + row; };
+
+  // Split-KV phase: every piece of every part, as the GPU kernel's CTAs would.
+  const auto* plan = reinterpret_cast<const MetadataRow*>(a.tile_scheduler_metadata);
+  for (int p = 0; p < a.num_sm_parts; ++p) {
+    const MetadataRow& part = plan[p];
+    for (int req = part.begin_req; req <= part.end_req; ++req) {
+      const int seqlen = a.cache_seqlens[req];
+      const int b0 = req == part.begin_req ? part.begin_block : 0;
+      const int b1 = req == part.end_req ? part.end_block : sched_blocks(seqlen);
+      const int split = req == part.begin_req ? part.begin_split : 0;
+      const int n_splits = a.num_splits[req + 1] - a.num_splits[req];
+      const int key_begin = b0 * kSchedBlockKeys, key_end = std::min(b1 * kSchedBlockKeys, seqlen);
+      for (int h = 0; h < a.h_kv; ++h)
+        for (int row = 0; row < rows; ++row) {
+          const RowResult r = attend_row(a, req, h, row, key_begin, key_end);
+          if (n_splits == 1) {
+            write_final(a, req, h, row, r);
+            continue;
+          }
+          const int64_t s = slot(a.num_splits[req] + split, h, row);
+          std::copy(r.out.begin(), r.out.end(), part_out + s * kHeadDimV);  // narrowed to float like the GPU
+          part_lse[s] = float(r.lse);
+        }
+    }
+  }
+
+  // Combine phase.
+  for (int req = 0; req < a.batch; ++req) {
+    const int first = a.num_splits[req], n_splits = a.num_splits[req + 1] - first;
+    if (n_splits == 1) continue;
+    for (int h = 0; h < a.h_kv; ++h)
+      for (int row = 0; row < rows; ++row) {
+        std::vector<RowResult> parts(n_splits);
+        for (int i = 0; i < n_splits; ++i) {
+          const int64_t s = slot(first + i, h, row);
+          parts[i].out.assign(part_out + s * kHeadDimV, part_out + (s + 1) * kHeadDimV);
+          parts[i].lse = part_lse[s];
+        }
+        write_final(a, req, h, row, combine_rows(parts));
+      }
+  }
+}
+
+}  // namespace flashmla::detail
