@@ -1,5 +1,7 @@
 #include "api/validate.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -29,6 +31,9 @@ class Checker {
     return require(reinterpret_cast<uintptr_t>(p) % 16 == 0, name,
                    "a 16-byte aligned pointer (rows are moved with 16-byte loads)", p);
   }
+  Checker& int_aligned(const void* p, const char* name) {
+    return require(reinterpret_cast<uintptr_t>(p) % 4 == 0, name, "a 4-byte aligned pointer", p);
+  }
   Checker& stride(int64_t s, const char* name) {
     return require(s >= 0 && s % 8 == 0, name,
                    "a non-negative multiple of 8 elements (16-byte aligned rows)", s);
@@ -41,6 +46,28 @@ class Checker {
 
 bool valid_backend(Backend b) { return b == Backend::kCuda || b == Backend::kHost; }
 
+// Different (batch, token, head) rows of `out` must not share memory, or the GPU writes race:
+// sorted by stride, every dimension of size > 1 must step over everything the smaller ones span.
+bool outputs_disjoint(const DecodeArgs& a) {
+  std::array<std::pair<int64_t, int64_t>, 3> dims = {{{a.out_batch_stride, a.batch},
+                                                      {a.out_token_stride, a.s_q},
+                                                      {a.out_head_stride, a.h_q}}};
+  std::sort(dims.begin(), dims.end());
+  int64_t extent = kHeadDimV;
+  for (const auto& [stride, size] : dims) {
+    if (size <= 1) continue;
+    if (stride < extent) return false;
+    extent = stride * size;
+  }
+  return true;
+}
+
+std::string describe_out_strides(const DecodeArgs& a) {
+  std::ostringstream os;
+  os << "(batch " << a.out_batch_stride << ", token " << a.out_token_stride << ", head " << a.out_head_stride << ")";
+  return os.str();
+}
+
 }  // namespace
 
 Status validate_metadata_args(const MetadataArgs& a) {
@@ -48,9 +75,13 @@ Status validate_metadata_args(const MetadataArgs& a) {
   c.require(valid_backend(a.backend), "backend", "Backend::kCuda or Backend::kHost", int(a.backend))
       .not_null(a.cache_seqlens, "cache_seqlens")
       .require(a.batch >= 1, "batch", ">= 1", a.batch)
-      .require(a.num_sm_parts >= 1, "num_sm_parts", ">= 1 (from flashmla::num_sm_parts)", a.num_sm_parts)
+      .require(a.num_sm_parts >= 1 && a.num_sm_parts <= kMaxSmParts, "num_sm_parts",
+               "a value in [1, 2048] (from flashmla::num_sm_parts)", a.num_sm_parts)
       .not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
-      .not_null(a.num_splits, "num_splits");
+      .not_null(a.num_splits, "num_splits")
+      .int_aligned(a.cache_seqlens, "cache_seqlens")
+      .int_aligned(a.tile_scheduler_metadata, "tile_scheduler_metadata")
+      .int_aligned(a.num_splits, "num_splits");
   return c.status();
 }
 
@@ -65,6 +96,9 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .require(a.h_q >= 1, "h_q", ">= 1", a.h_q)
       .require(a.h_kv >= 1, "h_kv", ">= 1", a.h_kv)
       .require(a.h_kv >= 1 && a.h_q % a.h_kv == 0, "h_q", "a multiple of h_kv", a.h_q)
+      .require(a.h_kv <= kMaxKvHeads, "h_kv", "<= 65535 (a grid dimension)", a.h_kv)
+      .require(a.h_kv < 1 || int64_t(a.s_q) * (a.h_q / a.h_kv) <= kMaxRowsPerKvHead, "s_q",
+               "s_q * h_q / h_kv <= 262140 (a grid dimension)", a.s_q)
       .require(a.head_dim_v == kHeadDimV, "head_dim_v", "512 (V is the first 512 of 576 channels)",
                a.head_dim_v)
       // q
@@ -83,6 +117,7 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .stride(a.k_head_stride, "k_head_stride")
       // block table and lengths
       .not_null(a.block_table, "block_table")
+      .int_aligned(a.block_table, "block_table")
       .require(a.max_blocks_per_seq >= 1, "max_blocks_per_seq", ">= 1", a.max_blocks_per_seq)
       .require(a.batch == 1 || a.block_table_batch_stride >= a.max_blocks_per_seq,
                "block_table_batch_stride", ">= max_blocks_per_seq (rows must not overlap)",
@@ -90,20 +125,27 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .require(int64_t(a.max_blocks_per_seq) * a.page_size <= INT32_MAX, "max_blocks_per_seq",
                "max_blocks_per_seq * page_size to fit in int32", int64_t(a.max_blocks_per_seq) * a.page_size)
       .not_null(a.cache_seqlens, "cache_seqlens")
+      .int_aligned(a.cache_seqlens, "cache_seqlens")
       // outputs
       .not_null(a.out, "out")
       .vector_aligned(a.out, "out")
       .stride(a.out_batch_stride, "out_batch_stride")
       .stride(a.out_token_stride, "out_token_stride")
       .stride(a.out_head_stride, "out_head_stride")
+      .require(outputs_disjoint(a), "out strides",
+               "non-overlapping rows of 512 elements (each stride >= the extent of the smaller ones)",
+               describe_out_strides(a))
       .not_null(a.softmax_lse, "softmax_lse")
+      .int_aligned(a.softmax_lse, "softmax_lse")
       .require(std::isfinite(a.softmax_scale) && a.softmax_scale >= 0.f, "softmax_scale",
                "a finite value >= 0 (0 selects 1/sqrt(576))", a.softmax_scale);
   if (check_plan) {
     c.not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
         .not_null(a.num_splits, "num_splits")
-        .require(a.num_sm_parts >= 1, "num_sm_parts", ">= 1 (rows of tile_scheduler_metadata)",
-                 a.num_sm_parts);
+        .require(a.num_sm_parts >= 1 && a.num_sm_parts <= kMaxSmParts, "num_sm_parts",
+                 "a value in [1, 2048] (rows of tile_scheduler_metadata)", a.num_sm_parts)
+        .int_aligned(a.tile_scheduler_metadata, "tile_scheduler_metadata")
+        .int_aligned(a.num_splits, "num_splits");
     if (a.batch >= 1 && a.h_kv >= 1 && a.num_sm_parts >= 1) {
       const size_t need = decode_workspace_size(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
       c.require(workspace_bytes >= need, "workspace_bytes", "at least decode_workspace_size() bytes",

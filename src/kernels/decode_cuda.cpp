@@ -22,12 +22,11 @@ struct DeviceInfo {
 
 // Device attributes are read once per device: they cost microseconds, a decode call must not.
 Status device_info(DeviceInfo& info) {
-  constexpr int kMaxDevices = 64;
-  static std::array<DeviceInfo, kMaxDevices> cache;
-  static std::array<std::once_flag, kMaxDevices> once;
+  static std::array<DeviceInfo, kMaxCudaDevices> cache;
+  static std::array<std::once_flag, kMaxCudaDevices> once;
   int device = 0;
   FLASHMLA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  if (device < 0 || device >= kMaxDevices) return Status::Error("device index out of range");
+  if (device < 0 || device >= kMaxCudaDevices) return Status::Error("device index out of range");
   cudaError_t err = cudaSuccess;
   std::call_once(once[device], [&] {
     DeviceInfo d;

@@ -19,10 +19,8 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int32_t* _
                                                                 int32_t* __restrict__ num_splits) {
   using Scan = cub::BlockScan<int64_t, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
-  extern __shared__ int32_t cuts[];  // [3][parts + 1]: request, block, split
-  int32_t* cut_req = cuts;
-  int32_t* cut_blk = cuts + (parts + 1);
-  int32_t* cut_split = cuts + 2 * (parts + 1);
+  // Cut p: (request, block, split index of the piece it starts).
+  __shared__ int32_t cut_req[kMaxSmParts + 1], cut_blk[kMaxSmParts + 1], cut_split[kMaxSmParts + 1];
 
   const int chunk = (batch + kThreads - 1) / kThreads;
   const int first = min(batch, int(threadIdx.x) * chunk);
@@ -76,10 +74,7 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int32_t* _
 }  // namespace
 
 Status metadata_cuda(const MetadataArgs& args, cudaStream_t stream) {
-  const size_t smem = 3 * sizeof(int32_t) * (size_t(args.num_sm_parts) + 1);
-  if (smem > 48 * 1024)
-    return Status::Error("num_sm_parts: expected at most 4095 parts, got " + std::to_string(args.num_sm_parts));
-  mla_metadata_kernel<<<1, kThreads, smem, stream>>>(args.cache_seqlens, args.batch, args.num_sm_parts,
+  mla_metadata_kernel<<<1, kThreads, 0, stream>>>(args.cache_seqlens, args.batch, args.num_sm_parts,
                                                      args.tile_scheduler_metadata, args.num_splits);
   return check_launch("mla_metadata_kernel");
 }

@@ -12,6 +12,8 @@
 // Warp w serves row group w / 2 and half w % 2: it computes the partial scores of its 16 rows
 // over channels [288 * half, 288 * half + 288), swaps them with its partner warp through
 // shared memory, and accumulates output channels [256 * half, 256 * half + 256).
+#include <atomic>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -272,8 +274,17 @@ cudaError_t launch_portable_decode(DataType dtype, const DecodeParams& params, i
   auto kernel = dtype == DataType::kBFloat16 ? mla_decode_portable_kernel<__nv_bfloat16>
                                              : mla_decode_portable_kernel<__half>;
   const int smem = Tr::smem_bytes(stages);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  // Raising the dynamic shared-memory limit costs a driver call; do it once per device and dtype.
+  static std::atomic<int> configured[kMaxCudaDevices][2];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
+  std::atomic<int>& done = configured[device % kMaxCudaDevices][dtype == DataType::kBFloat16 ? 0 : 1];
+  if (done.load(std::memory_order_acquire) < smem) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    done.store(smem, std::memory_order_release);
+  }
   const dim3 grid((params.rows_per_kv_head + Tr::kBlockM - 1) / Tr::kBlockM, params.h_kv, num_sm_parts);
   kernel<<<grid, Tr::kThreads, smem, stream>>>(params, stages);
   return cudaGetLastError();

@@ -1,0 +1,60 @@
+"""The GPU's SM clock, sampled in the background so a timed window can report the clock it ran at.
+
+Long tensor-core-heavy runs hit the H200's 700 W cap and the SM clock falls (1980 MHz down to
+~1400 MHz), so compute-bound figures are only meaningful next to the clock they ran at.
+"""
+import statistics
+import subprocess
+import threading
+import time
+
+import torch
+
+
+def _clock_reader(device):
+    """A function returning the SM clock in MHz (or None), or None when no reader works here."""
+    try:  # torch's own NVML query: fast, and maps the CUDA device to the NVML one
+        torch.cuda.clock_rate(device)
+        return lambda: torch.cuda.clock_rate(device)
+    except Exception:
+        pass
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    selector = f"GPU-{uuid}" if uuid else str(device)
+    cmd = ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits", "-i", selector]
+
+    def nvidia_smi():
+        try:
+            return int(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
+        except Exception:
+            return None
+
+    return nvidia_smi if nvidia_smi() else None
+
+
+class SmClock:
+    """Samples the SM clock every `period` seconds on a daemon thread (NVML calls release the GIL)."""
+
+    def __init__(self, device, period=0.05):
+        self.read = _clock_reader(device)
+        self.samples = []  # (time.perf_counter(), MHz)
+        self._stop = threading.Event()
+        if self.read:
+            threading.Thread(target=self._loop, args=(period,), daemon=True).start()
+
+    def _loop(self, period):
+        while not self._stop.is_set():
+            mhz = self.read()
+            if mhz:
+                self.samples.append((time.perf_counter(), mhz))
+            self._stop.wait(period)
+
+    def stop(self):
+        self._stop.set()
+
+    def between(self, t0, t1):
+        """(median, min) MHz of the samples taken in [t0, t1] (perf_counter times); one fresh
+        sample if the window was too short to catch any; (None, None) without a reader."""
+        mhz = [m for t, m in self.samples if t0 <= t <= t1]
+        if not mhz and self.read:
+            mhz = [m for m in [self.read()] if m]
+        return (statistics.median(mhz), min(mhz)) if mhz else (None, None)
