@@ -219,7 +219,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
           ptx::mma_16816<T>(acc_o[t + 1], a_p, b[2], b[3]);
         }
       }
-      if (stages == 1) __syncthreads();  // the single stage is refilled at the next step
+      // Every warp is done with this stage before anyone refills it. The barrier at the top of
+      // the next step should already order the refill after these reads, but without this one
+      // compute-sanitizer racecheck reports the P·V ldmatrix reads racing with the refill
+      // (docs/PERF.md, open questions); with it the tool is clean. It also serves stages == 1.
+      __syncthreads();
     }
     ptx::cp_async_wait<0>();
     const bool poisoned = __syncthreads_or(bad_page || bad_length);
