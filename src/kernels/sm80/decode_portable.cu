@@ -64,6 +64,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const MetadataRow part = reinterpret_cast<const MetadataRow*>(p.tile_scheduler_metadata)[blockIdx.z];
   const T* const q_base = static_cast<const T*>(p.q);
   const T* const k_base = static_cast<const T*>(p.k_cache);
+  constexpr int kThreadsPerKey = Tr::kThreads / Tr::kKeysPerStep;
+  static_assert(Tr::kThreads % Tr::kKeysPerStep == 0, "whole keys per thread group");
+  const int load_key = tid / kThreadsPerKey, load_chunk0 = tid % kThreadsPerKey;
   const int64_t capacity = int64_t(p.max_blocks_per_seq) * p.page_size;
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
@@ -97,25 +100,26 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     ptx::cp_async_commit();
 
     // Keys of step `step` into stage `step % stages`; keys past key_end are zero so that
-    // masked probabilities (0) never meet NaN data.
+    // masked probabilities (0) never meet NaN data. Each key's row is copied by
+    // kThreadsPerKey threads, so a thread looks its page up once per step.
     auto load_step = [&](int step) {
       if (step < num_steps) {
         uint8_t* stage = s_k + (step % stages) * Tr::kStageBytes;
-        const int key0 = key_begin + step * Tr::kKeysPerStep;
-        for (int i = tid; i < Tr::kKeysPerStep * Tr::kChunksPerRow; i += Tr::kThreads) {
-          const int kk = i / Tr::kChunksPerRow, c = i % Tr::kChunksPerRow;
-          const int key = key0 + kk;
-          bool valid = key < key_end;
-          const T* src = k_base;
-          if (valid) {
-            const int page = p.block_table[req * p.block_table_batch_stride + key / p.page_size];
-            valid = page >= 0 && page < p.num_blocks;
-            bad_page |= !valid;
-            src = k_base + page * p.k_block_stride + (key % p.page_size) * p.k_token_stride +
-                  kv_head * p.k_head_stride + c * 8;
-            if (!valid) src = k_base;
-          }
-          ptx::cp_async_16(ptx::smem_addr(stage + tile_offset(kk, c)), src, valid);
+        const int key = key_begin + step * Tr::kKeysPerStep + load_key;
+        bool valid = key < key_end;
+        const T* row = k_base;
+        if (valid) {
+          const int page = p.block_table[req * p.block_table_batch_stride + key / p.page_size];
+          valid = page >= 0 && page < p.num_blocks;
+          bad_page |= !valid;
+          if (valid)
+            row = k_base + page * p.k_block_stride + (key % p.page_size) * p.k_token_stride + kv_head * p.k_head_stride;
+        }
+#pragma unroll
+        for (int j = 0; j < (Tr::kChunksPerRow + kThreadsPerKey - 1) / kThreadsPerKey; ++j) {
+          const int c = load_chunk0 + j * kThreadsPerKey;
+          if (c < Tr::kChunksPerRow)
+            ptx::cp_async_16(ptx::smem_addr(stage + tile_offset(load_key, c)), row + c * 8, valid);
         }
       }
       ptx::cp_async_commit();  // uniform group count, even when empty
