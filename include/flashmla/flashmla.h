@@ -31,6 +31,9 @@ constexpr int kHeadDimQK = 576;
 constexpr int kHeadDimV = 512;
 // Ints per row of the tile-scheduler metadata (one row per "SM part").
 constexpr int kMetadataInts = 8;
+// Most SM parts a plan may have: far above any GPU's SM count (the GPU scheduler keeps its
+// per-part table in shared memory).
+constexpr int kMaxSmParts = 2048;
 
 enum class DataType { kBFloat16, kFloat16 };
 enum class Backend { kCuda, kHost };

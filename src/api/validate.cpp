@@ -132,7 +132,7 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .stride(a.out_batch_stride, "out_batch_stride")
       .stride(a.out_token_stride, "out_token_stride")
       .stride(a.out_head_stride, "out_head_stride")
-      .require(outputs_disjoint(a), "out strides",
+      .require(outputs_disjoint(a), "out_batch_stride/out_token_stride/out_head_stride",
                "non-overlapping rows of 512 elements (each stride >= the extent of the smaller ones)",
                describe_out_strides(a))
       .not_null(a.softmax_lse, "softmax_lse")

@@ -22,9 +22,6 @@ constexpr int kFixedOverheadBlocks = 5;
 constexpr int kBlockM = 64;
 // Workspace partial buffers are 256-byte aligned.
 constexpr size_t kWorkspaceAlign = 256;
-// Upper bound on SM parts: far above any GPU's SM count, and keeps the metadata kernel's
-// cut table (12 bytes a part) in static shared memory.
-constexpr int kMaxSmParts = 2048;
 // Grid-dimension limits of the decode and combine launches.
 constexpr int kMaxKvHeads = 65535;
 constexpr int64_t kMaxRowsPerKvHead = 4 * 65535;

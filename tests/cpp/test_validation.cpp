@@ -223,6 +223,32 @@ TEST_F(DecodeValidation, Outputs) {
   expect_rejected("out_head_stride", [](DecodeArgs& a) { a.out_head_stride = 513; });
   expect_rejected("out_head_stride", [](DecodeArgs& a) { a.out_head_stride = -512; });
   expect_rejected("softmax_lse", [](DecodeArgs& a) { a.softmax_lse = nullptr; });
+  expect_rejected("softmax_lse", [](DecodeArgs& a) { a.softmax_lse = reinterpret_cast<float*>(reinterpret_cast<char*>(a.softmax_lse) + 1); });
+  // Rows of out that share memory would be written concurrently.
+  expect_rejected("out_head_stride", [](DecodeArgs& a) { a.out_head_stride = 256; });
+  expect_rejected("out_head_stride", [](DecodeArgs& a) { a.out_head_stride = 0; });
+  expect_rejected("out_token_stride", [](DecodeArgs& a) { a.out_token_stride = a.out_head_stride; });
+  expect_rejected("out_batch_stride", [](DecodeArgs& a) { a.out_batch_stride = 8; });
+}
+
+TEST_F(DecodeValidation, OutputLayoutsThatDoNotOverlapAreAccepted) {
+  // Heads outermost (a transposed layout) is fine as long as rows are disjoint.
+  DecodeArgs a = valid_args();
+  AlignedBuffer out(size_t(a.batch) * a.s_q * a.h_q * flashmla::kHeadDimV * sizeof(uint16_t));
+  a.out = out.data();
+  a.out_head_stride = int64_t(a.batch) * a.s_q * flashmla::kHeadDimV;
+  a.out_batch_stride = int64_t(a.s_q) * flashmla::kHeadDimV;
+  a.out_token_stride = flashmla::kHeadDimV;
+  EXPECT_TRUE(decode(a).ok()) << decode(a).message();
+}
+
+TEST_F(DecodeValidation, PointerAlignmentAndGridLimits) {
+  expect_rejected("block_table", [](DecodeArgs& a) { a.block_table = reinterpret_cast<const int32_t*>(reinterpret_cast<const char*>(a.block_table) + 2); });
+  expect_rejected("cache_seqlens", [](DecodeArgs& a) { a.cache_seqlens = reinterpret_cast<const int32_t*>(reinterpret_cast<const char*>(a.cache_seqlens) + 1); });
+  expect_rejected("h_kv", [](DecodeArgs& a) { a.h_kv = 70000; a.h_q = 70000; });
+  expect_rejected("s_q", [](DecodeArgs& a) { a.s_q = 300000; });
+  expect_rejected("tile_scheduler_metadata", [](DecodeArgs& a) { a.tile_scheduler_metadata = reinterpret_cast<const int32_t*>(reinterpret_cast<const char*>(a.tile_scheduler_metadata) + 2); }, false);
+  expect_rejected("num_sm_parts", [](DecodeArgs& a) { a.num_sm_parts = flashmla::kMaxSmParts + 1; }, false);
 }
 
 TEST_F(DecodeValidation, SoftmaxScale) {
@@ -326,6 +352,8 @@ TEST_F(MetadataValidation, EveryField) {
   expect_rejected("batch", [](MetadataArgs& a) { a.batch = -4; });
   expect_rejected("num_sm_parts", [](MetadataArgs& a) { a.num_sm_parts = 0; });
   expect_rejected("num_sm_parts", [](MetadataArgs& a) { a.num_sm_parts = -1; });
+  expect_rejected("num_sm_parts", [](MetadataArgs& a) { a.num_sm_parts = 2049; });
+  expect_rejected("num_splits", [](MetadataArgs& a) { a.num_splits = reinterpret_cast<int32_t*>(reinterpret_cast<char*>(a.num_splits) + 1); });
   expect_rejected("tile_scheduler_metadata", [](MetadataArgs& a) { a.tile_scheduler_metadata = nullptr; });
   expect_rejected("num_splits", [](MetadataArgs& a) { a.num_splits = nullptr; });
 }
