@@ -61,8 +61,9 @@ std::vector<at::Tensor> fwd_kvcache(const at::Tensor& q, const at::Tensor& k_cac
   a.softmax_scale = float(softmax_scale);
   a.causal = causal;
   const size_t bytes = flashmla::decode_workspace_size(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
-  at::Tensor ws = at::empty({int64_t(bytes + 256)}, q.options().dtype(at::kByte));
-  void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data_ptr()) + 255) / 256 * 256);
+  constexpr size_t kAlign = flashmla::kWorkspaceAlign;
+  at::Tensor ws = at::empty({int64_t(bytes + kAlign)}, q.options().dtype(at::kByte));
+  void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data_ptr()) + kAlign - 1) / kAlign * kAlign);
   flashmla::Status s;
   if (cuda) {
     const c10::cuda::CUDAGuard guard(q.device());

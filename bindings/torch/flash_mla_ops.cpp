@@ -154,9 +154,9 @@ Tensor new_tensor(const Tensor& like, std::initializer_list<int64_t> sizes, Scal
   return Tensor(handle);
 }
 
-// The workspace pointer is aligned up to this inside an over-allocated byte tensor (torch's CPU
-// allocator only guarantees 64 bytes).
-constexpr size_t kWorkspaceAlign = 256;
+// The workspace pointer is aligned up to flashmla::kWorkspaceAlign inside an over-allocated
+// byte tensor (torch's CPU allocator only guarantees 64 bytes).
+using flashmla::kWorkspaceAlign;
 
 // ---------------------------------------------------------------------------------------------
 // Ops

@@ -34,6 +34,8 @@ constexpr int kMetadataInts = 8;
 // Most SM parts a plan may have: far above any GPU's SM count (the GPU scheduler keeps its
 // per-part table in shared memory).
 constexpr int kMaxSmParts = 2048;
+// Required alignment of the decode workspace, in bytes.
+constexpr size_t kWorkspaceAlign = 256;
 
 enum class DataType { kBFloat16, kFloat16 };
 enum class Backend { kCuda, kHost };
@@ -126,8 +128,8 @@ struct DecodeArgs {
 // on (batch, s_q, h_q, h_kv, num_sm_parts).
 size_t decode_workspace_size(int batch, int s_q, int h_q, int h_kv, int num_sm_parts);
 
-// Runs the decode. workspace: caller-owned, at least decode_workspace_size() bytes, 256-byte
-// aligned, in the backend's memory. Asynchronous on `stream` for Backend::kCuda.
+// Runs the decode. workspace: caller-owned, at least decode_workspace_size() bytes, aligned to
+// kWorkspaceAlign, in the backend's memory. Asynchronous on `stream` for Backend::kCuda.
 Status mla_decode(const DecodeArgs& args, void* workspace, size_t workspace_bytes,
                   cudaStream_t stream);
 

@@ -20,8 +20,6 @@ constexpr int kSchedBlockKeys = 64;
 constexpr int kFixedOverheadBlocks = 5;
 // Query rows (heads of one KV head x query tokens) one CTA processes together.
 constexpr int kBlockM = 64;
-// Workspace partial buffers are 256-byte aligned.
-constexpr size_t kWorkspaceAlign = 256;
 // Grid-dimension limits of the decode and combine launches.
 constexpr int kMaxKvHeads = 65535;
 constexpr int64_t kMaxRowsPerKvHead = 4 * 65535;
