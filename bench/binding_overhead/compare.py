@@ -10,7 +10,7 @@ and, where there is a GPU, on CUDA tensors too.
 """
 import argparse
 import os
-import time
+import sys
 
 import torch
 import torch.utils.cpp_extension as ext
@@ -19,20 +19,8 @@ import flash_mla
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def best_us(fn, iters, repeats=5, sync=lambda: None):
-    for _ in range(max(100, iters // 10)):
-        fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        best = min(best, (time.perf_counter() - t0) / iters * 1e6)
-    return best
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from measure_overhead import time_calls  # noqa: E402  (one timing method for both tools)
 
 
 def main():
@@ -60,9 +48,9 @@ def main():
         o1, l1 = stable(*a)
         o2, l2 = plain.fwd_kvcache(*a)
         assert torch.equal(o1, o2) and torch.equal(l1, l2), "the two bindings disagree"
-        add = best_us(lambda: x.add_(1), args.iters, sync=sync)
-        s = best_us(lambda: stable(*a), args.iters, sync=sync)
-        p = best_us(lambda: plain.fwd_kvcache(*a), args.iters, sync=sync)
+        add = time_calls(lambda: x.add_(1), args.iters, 5, sync)
+        s = time_calls(lambda: stable(*a), args.iters, 5, sync)
+        p = time_calls(lambda: plain.fwd_kvcache(*a), args.iters, 5, sync)
         print(f"{dev:4s}  x.add_(1) {add:6.2f}   stable-ABI op {s:6.2f}   plain extension {p:6.2f}   "
               f"stable - plain {s - p:+.2f}")
 
