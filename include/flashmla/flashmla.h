@@ -133,6 +133,16 @@ size_t decode_workspace_size(int batch, int s_q, int h_q, int h_kv, int num_sm_p
 Status mla_decode(const DecodeArgs& args, void* workspace, size_t workspace_bytes,
                   cudaStream_t stream);
 
+// The split-KV kernel family mla_decode would run for these arguments on the current device:
+// "sm90" (Hopper: wgmma + TMA, compute capability 9.0, page_size a multiple of 64),
+// "portable" (mma.sync, compute capability 8.0 and newer), "host" for Backend::kHost, or
+// nullptr when none can run (mla_decode then returns the reason). The environment variable
+// FLASHMLA_KERNEL, read on every call, overrides the choice: "portable" forces the portable
+// kernel, "sm90" turns any reason the Hopper kernel cannot run into an error, "auto" (or unset)
+// picks the best.
+constexpr const char* kKernelEnvVar = "FLASHMLA_KERNEL";
+const char* decode_kernel_name(const DecodeArgs& args);
+
 // ---------------------------------------------------------------------------------------------
 // Reference (host)
 // ---------------------------------------------------------------------------------------------

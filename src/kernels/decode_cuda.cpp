@@ -1,7 +1,15 @@
-// CUDA backend of mla_decode: fills DecodeParams once, picks the kernel for the device,
-// launches split-KV decode then combine on the caller's stream. No allocation, no sync.
+// CUDA backend of mla_decode: fills DecodeParams once, picks the split-KV kernel family for the
+// device and the arguments, launches it and then the combine on the caller's stream.
+// No allocation, no synchronization.
+//
+// Kernel families, best first. Each says whether it can run the (validated) arguments on the
+// device; the first that can runs. FLASHMLA_KERNEL=portable forces the portable kernel (the
+// fallback of every non-Hopper GPU, kept tested on Hopper this way); FLASHMLA_KERNEL=sm90 makes
+// any reason the Hopper kernel cannot run an error instead of a silent fallback.
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -10,34 +18,84 @@
 #include "common/cuda_check.h"
 #include "common/params.h"
 #include "kernels/decode_params.h"
+#include "kernels/device_facts.h"
 #include "kernels/sm80/decode_portable.h"
+#if FLASHMLA_HAS_SM90
+#include "kernels/sm90/decode_sm90.h"
+#endif
 
-namespace flashmla::detail {
-namespace {
+namespace flashmla {
+namespace detail {
 
-struct DeviceInfo {
-  int major = 0;
-  int smem_optin = 0;
-};
-
-// Device attributes are read once per device: they cost microseconds, a decode call must not.
-Status device_info(DeviceInfo& info) {
-  static std::array<DeviceInfo, kMaxCudaDevices> cache;
+Status current_device_facts(DeviceFacts& facts) {
+  static std::array<DeviceFacts, kMaxCudaDevices> cache;
   static std::array<std::once_flag, kMaxCudaDevices> once;
   int device = 0;
   FLASHMLA_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device));
-  if (device < 0 || device >= kMaxCudaDevices) return Status::Error("device index out of range");
+  if (device < 0 || device >= kMaxCudaDevices)
+    return Status::Error("device: expected a CUDA device index below " + std::to_string(kMaxCudaDevices) + ", got " +
+                         std::to_string(device));
   cudaError_t err = cudaSuccess;
   std::call_once(once[device], [&] {
-    DeviceInfo d;
-    err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err == cudaSuccess)
-      err = cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    DeviceFacts d;
+    d.index = device;
+    const std::pair<int*, cudaDeviceAttr> queries[] = {
+        {&d.major, cudaDevAttrComputeCapabilityMajor},
+        {&d.minor, cudaDevAttrComputeCapabilityMinor},
+        {&d.num_sms, cudaDevAttrMultiProcessorCount},
+        {&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin}};
+    for (const auto& [out, attr] : queries)
+      if (err == cudaSuccess) err = cudaDeviceGetAttribute(out, attr, device);
     if (err == cudaSuccess) cache[device] = d;
   });
   FLASHMLA_RETURN_IF_CUDA_ERROR(err);
-  info = cache[device];
+  facts = cache[device];
   return Status::Ok();
+}
+
+}  // namespace detail
+
+namespace {
+
+// One launcher signature and one "can it run these arguments" check per kernel family.
+struct DecodeKernelFamily {
+  const char* name;
+  std::string (*cannot_run)(const detail::DeviceFacts&, const DecodeArgs&);
+  Status (*launch)(const DecodeArgs&, const DecodeParams&, const detail::DeviceFacts&, cudaStream_t);
+};
+
+constexpr DecodeKernelFamily kFamilies[] = {
+#if FLASHMLA_HAS_SM90
+    {"sm90", sm90::cannot_run, sm90::launch_decode},
+#endif
+    {"portable", sm80::cannot_run, sm80::launch_decode},
+};
+
+std::string unavailable_sm90_reason() {
+  return FLASHMLA_HAS_SM90 ? std::string() : "the library was built without sm_90a code (CMAKE_CUDA_ARCHITECTURES)";
+}
+
+// Picks the family; `chosen` stays null and the Status says why when none can run.
+Status choose_family(const detail::DeviceFacts& device, const DecodeArgs& args, const DecodeKernelFamily*& chosen) {
+  chosen = nullptr;
+  const char* env = std::getenv(kKernelEnvVar);
+  const std::string want = env == nullptr ? "auto" : env;
+  if (want != "auto" && want != "sm90" && want != "portable" && !want.empty())
+    return Status::Error(std::string(kKernelEnvVar) + ": expected auto, sm90 or portable, got \"" + want + "\"");
+  std::string reasons;
+  for (const DecodeKernelFamily& f : kFamilies) {
+    if (want == "portable" && std::strcmp(f.name, "portable") != 0) continue;
+    const std::string why = f.cannot_run(device, args);
+    if (why.empty()) {
+      if (want == "sm90" && std::strcmp(f.name, "sm90") != 0) break;
+      chosen = &f;
+      return Status::Ok();
+    }
+    reasons += std::string(reasons.empty() ? "" : "; ") + f.name + ": " + why;
+  }
+  if (want == "sm90" && !FLASHMLA_HAS_SM90) reasons = unavailable_sm90_reason();
+  return Status::Error("device: no decode kernel can run these arguments (" + std::string(kKernelEnvVar) + "=" + want +
+                       "): " + reasons);
 }
 
 DecodeParams make_params(const DecodeArgs& a, void* workspace) {
@@ -80,21 +138,27 @@ DecodeParams make_params(const DecodeArgs& a, void* workspace) {
 
 }  // namespace
 
-Status decode_cuda(const DecodeArgs& args, void* workspace, cudaStream_t stream) {
-  DeviceInfo dev;
-  if (Status s = device_info(dev); !s.ok()) return s;
-  if (dev.major < 8)
-    return Status::Error("device: expected compute capability 8.0 or newer (tensor-core mma.sync), got " +
-                         std::to_string(dev.major) + ".x");
-  const int stages = sm80::portable_max_stages(dev.smem_optin);
-  if (stages < 1)
-    return Status::Error("device: the portable MLA kernel needs " + std::to_string(sm80::portable_smem_bytes(1)) +
-                         " bytes of shared memory per block, the device allows " + std::to_string(dev.smem_optin));
+namespace detail {
 
+Status decode_cuda(const DecodeArgs& args, void* workspace, cudaStream_t stream) {
+  DeviceFacts device;
+  if (Status s = current_device_facts(device); !s.ok()) return s;
+  const DecodeKernelFamily* family = nullptr;
+  if (Status s = choose_family(device, args, family); !s.ok()) return s;
   const DecodeParams params = make_params(args, workspace);
-  FLASHMLA_RETURN_IF_CUDA_ERROR(sm80::launch_portable_decode(args.dtype, params, args.num_sm_parts, stages, stream));
+  if (Status s = family->launch(args, params, device, stream); !s.ok()) return s;
   FLASHMLA_RETURN_IF_CUDA_ERROR(launch_combine(args.dtype, params, stream));
   return Status::Ok();
 }
 
-}  // namespace flashmla::detail
+}  // namespace detail
+
+const char* decode_kernel_name(const DecodeArgs& args) {
+  if (args.backend == Backend::kHost) return "host";
+  detail::DeviceFacts device;
+  const DecodeKernelFamily* family = nullptr;
+  if (!detail::current_device_facts(device).ok() || !choose_family(device, args, family).ok()) return nullptr;
+  return family->name;
+}
+
+}  // namespace flashmla

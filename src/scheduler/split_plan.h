@@ -50,4 +50,18 @@ FLASHMLA_HD void make_part(int begin_req, int begin_block, int begin_split, int 
   for (int k = 5; k < kMetadataInts; ++k) row[k] = 0;
 }
 
+// The keys [key_begin, key_end) of request `req` that the part `part` processes (before any
+// causal clipping), and the index of that piece among the request's splits. Kernels and the
+// host backend walk a part's requests begin_req..end_req with this one function.
+struct PieceKeys {
+  int key_begin, key_end, split;
+};
+template <typename Row>
+FLASHMLA_HD PieceKeys piece_keys(const Row& part, int req, int seqlen) {
+  const int b0 = req == part.begin_req ? part.begin_block : 0;
+  const int b1 = req == part.end_req ? part.end_block : sched_blocks(seqlen);
+  const int64_t end = int64_t(b1) * kSchedBlockKeys;
+  return {b0 * kSchedBlockKeys, int(end < seqlen ? end : seqlen), req == part.begin_req ? part.begin_split : 0};
+}
+
 }  // namespace flashmla

@@ -6,8 +6,10 @@
 //                  poisoned with 0xFF bytes (NaN) before the call, every CUDA call checked.
 //   * GpuGraph:    metadata + decode captured in a CUDA graph, replayed after the device
 //                  seqlens change.
+//   * GpuDispatch: the kernel family chosen per device and page size, and FLASHMLA_KERNEL.
 //   * GpuQuick:    a few small cases, fast enough for compute-sanitizer (see README.md).
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -76,6 +78,7 @@ void download(std::vector<T>& h, const DeviceBuffer& d, size_t count) {
 struct DeviceProps {
   int sms = 0;
   int major = 0;
+  int minor = 0;
 };
 
 // Skips the calling test when there is no usable device.
@@ -91,6 +94,7 @@ class Gpu : public ::testing::Test {
     }
     CUDA_OK(cudaDeviceGetAttribute(&props_.sms, cudaDevAttrMultiProcessorCount, 0));
     CUDA_OK(cudaDeviceGetAttribute(&props_.major, cudaDevAttrComputeCapabilityMajor, 0));
+    CUDA_OK(cudaDeviceGetAttribute(&props_.minor, cudaDevAttrComputeCapabilityMinor, 0));
     if (props_.major < 8) GTEST_SKIP() << "the decode kernels need compute capability 8.0+";
   }
   DeviceProps props_;
@@ -513,6 +517,76 @@ TEST_F(GpuGraph, CaptureOnceReplayWithNewLengths) {
 // ---------------------------------------------------------------------------------------------
 
 class GpuQuick : public Gpu {};
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch: which kernel family runs, and the FLASHMLA_KERNEL switch
+// ---------------------------------------------------------------------------------------------
+
+// Sets FLASHMLA_KERNEL for one scope and restores the previous value.
+class ScopedKernelEnv {
+ public:
+  explicit ScopedKernelEnv(const char* value) {
+    const char* old = std::getenv(flashmla::kKernelEnvVar);
+    had_old_ = old != nullptr;
+    if (had_old_) old_ = old;
+    if (value == nullptr)
+      unsetenv(flashmla::kKernelEnvVar);
+    else
+      setenv(flashmla::kKernelEnvVar, value, 1);
+  }
+  ~ScopedKernelEnv() {
+    if (had_old_)
+      setenv(flashmla::kKernelEnvVar, old_.c_str(), 1);
+    else
+      unsetenv(flashmla::kKernelEnvVar);
+  }
+
+ private:
+  bool had_old_ = false;
+  std::string old_;
+};
+
+class GpuDispatch : public Gpu {};
+
+TEST_F(GpuDispatch, HopperWhenPossiblePortableOtherwise) {
+  ProblemSpec spec;
+  spec.seqlens = {300, 70};
+  const bool hopper = props_.major == 9 && props_.minor == 0;
+  for (int page : {64, 128, 16, 1, 100}) {
+    spec.page_size = page;
+    HostProblem p = make_problem(spec);
+    flashmla::DecodeArgs args = p.args();
+    args.backend = flashmla::Backend::kCuda;
+    SCOPED_TRACE("page_size=" + std::to_string(page));
+    const bool sm90_can = hopper && page % 64 == 0;
+    {
+      ScopedKernelEnv env(nullptr);
+      const char* name = flashmla::decode_kernel_name(args);
+      ASSERT_NE(name, nullptr);
+      EXPECT_STREQ(name, sm90_can ? "sm90" : "portable");
+    }
+    {
+      ScopedKernelEnv env("portable");
+      const char* name = flashmla::decode_kernel_name(args);
+      ASSERT_NE(name, nullptr);
+      EXPECT_STREQ(name, "portable");
+    }
+    {
+      ScopedKernelEnv env("sm90");
+      const char* name = flashmla::decode_kernel_name(args);
+      if (sm90_can) {
+        ASSERT_NE(name, nullptr);
+        EXPECT_STREQ(name, "sm90");
+      } else {
+        EXPECT_EQ(name, nullptr);
+      }
+    }
+    {
+      ScopedKernelEnv env("fastest");
+      EXPECT_EQ(flashmla::decode_kernel_name(args), nullptr);
+    }
+  }
+}
 
 TEST_F(GpuQuick, Metadata) {
   std::mt19937_64 rng(5);

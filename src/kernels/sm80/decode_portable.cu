@@ -13,6 +13,7 @@
 // over channels [288 * half, 288 * half + 288), swaps them with its partner warp through
 // shared memory, and accumulates output channels [256 * half, 256 * half + 256).
 #include <atomic>
+#include <string>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,7 +23,7 @@
 #include "kernels/sm80/decode_portable.h"
 #include "kernels/sm80/decode_portable_traits.h"
 #include "kernels/sm80/ptx.cuh"
-#include "scheduler/split_plan.h"
+#include "kernels/tile_piece.h"
 
 namespace flashmla::sm80 {
 namespace {
@@ -67,22 +68,12 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   constexpr int kThreadsPerKey = Tr::kThreads / Tr::kKeysPerStep;
   static_assert(Tr::kThreads % Tr::kKeysPerStep == 0, "whole keys per thread group");
   const int load_key = tid / kThreadsPerKey, load_chunk0 = tid % kThreadsPerKey;
-  const int64_t capacity = int64_t(p.max_blocks_per_seq) * p.page_size;
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
-    const int seqlen = p.cache_seqlens[req];
-    const bool bad_length = seqlen < 0 || seqlen > capacity;
-    const int b0 = req == part.begin_req ? part.begin_block : 0;
-    const int b1 = req == part.end_req ? part.end_block : sched_blocks(seqlen);
-    const int split = req == part.begin_req ? part.begin_split : 0;
-    const int split_base = p.num_splits[req];
-    const int n_splits = p.num_splits[req + 1] - split_base;
-    const int key_begin = b0 * kSchedBlockKeys;
-    int key_end = bad_length ? key_begin : min(b1 * kSchedBlockKeys, seqlen);
-    // Causal: the tile's last row sees the most keys; nothing past its horizon is loaded.
-    const int causal_shift = seqlen - p.s_q + 1;  // row r sees keys < causal_shift + token(r)
-    if (p.causal) key_end = min(key_end, causal_shift + row_map.token(tile_row0 + tile_rows - 1));
-    const int num_steps = key_end > key_begin ? (key_end - key_begin + Tr::kKeysPerStep - 1) / Tr::kKeysPerStep : 0;
+    const TilePiece piece = tile_piece(p, part, req, row_map.token(tile_row0 + tile_rows - 1));
+    const int key_begin = piece.key_begin, key_end = piece.key_end;
+    const int causal_shift = piece.causal_shift(p.s_q);  // row r sees keys < causal_shift + token(r)
+    const int num_steps = piece.num_key_blocks(Tr::kKeysPerStep);
     bool bad_page = false;
 
     __syncthreads();  // the previous request's shared-memory reads are done
@@ -230,11 +221,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       __syncthreads();
     }
     ptx::cp_async_wait<0>();
-    const bool poisoned = __syncthreads_or(bad_page || bad_length);
+    const bool poisoned = __syncthreads_or(bad_page || piece.bad_length);
 
     if (warp_has_rows) {
-      const bool final_write = n_splits == 1;
-      const int64_t split_slot = int64_t(split_base + split) * p.h_kv + kv_head;
+      const bool final_write = piece.final_write();
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float sum = row_sum[h];
@@ -254,9 +244,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll
           for (int t = 0; t < Tr::kOutTilesPerWarp; ++t)
             store_out_pair(out + t * 8, acc_o[t][2 * h] * inv, acc_o[t][2 * h + 1] * inv);
-          if (half == 0 && (lane & 3) == 0) p.softmax_lse[(int64_t(req) * p.h_q + head) * p.s_q + token] = lse;
+          if (half == 0 && (lane & 3) == 0) p.softmax_lse[lse_offset(req, p.h_q, p.s_q, head, token)] = lse;
         } else {
-          const int64_t slot = split_slot * p.rows_per_kv_head + row;
+          const int64_t slot = partial_slot(piece.split_base + piece.split, p.h_kv, kv_head, p.rows_per_kv_head, row);
           float* out = p.partial_out + slot * kHeadDimV + col0;
 #pragma unroll
           for (int t = 0; t < Tr::kOutTilesPerWarp; ++t)
@@ -268,34 +258,43 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   }
 }
 
-}  // namespace
-
-int portable_smem_bytes(int stages) { return Tr::smem_bytes(stages); }
-
-int portable_max_stages(int smem_optin_bytes) {
-  int stages = (smem_optin_bytes - Tr::smem_bytes(0)) / Tr::kStageBytes;
+// As many 16-key stages as the device's shared memory holds, up to kMaxStages (< 1: cannot run).
+int max_stages(int smem_optin_bytes) {
+  const int stages = (smem_optin_bytes - Tr::smem_bytes(0)) / Tr::kStageBytes;
   return stages < Tr::kMaxStages ? stages : Tr::kMaxStages;
 }
 
-cudaError_t launch_portable_decode(DataType dtype, const DecodeParams& params, int num_sm_parts, int stages,
-                                   cudaStream_t stream) {
-  auto kernel = dtype == DataType::kBFloat16 ? mla_decode_portable_kernel<__nv_bfloat16>
-                                             : mla_decode_portable_kernel<__half>;
+}  // namespace
+
+std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs&) {
+  if (device.major < 8)
+    return "the portable kernel needs compute capability 8.0 or newer (tensor-core mma.sync), the device is " +
+           std::to_string(device.major) + "." + std::to_string(device.minor);
+  if (max_stages(device.smem_optin) < 1)
+    return "the portable kernel needs " + std::to_string(Tr::smem_bytes(1)) +
+           " bytes of shared memory per block, the device allows " + std::to_string(device.smem_optin);
+  return {};
+}
+
+Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const detail::DeviceFacts& device,
+                     cudaStream_t stream) {
+  auto kernel = args.dtype == DataType::kBFloat16 ? mla_decode_portable_kernel<__nv_bfloat16>
+                                                  : mla_decode_portable_kernel<__half>;
+  const int stages = max_stages(device.smem_optin);
   const int smem = Tr::smem_bytes(stages);
   // Raising the dynamic shared-memory limit costs a driver call; do it once per device and dtype.
   static std::atomic<int> configured[kMaxCudaDevices][2];
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  std::atomic<int>& done = configured[device % kMaxCudaDevices][dtype == DataType::kBFloat16 ? 0 : 1];
+  std::atomic<int>& done = configured[device.index][args.dtype == DataType::kBFloat16 ? 0 : 1];
   if (done.load(std::memory_order_acquire) < smem) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return Status::Error(std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(err));
     done.store(smem, std::memory_order_release);
   }
-  const dim3 grid((params.rows_per_kv_head + Tr::kBlockM - 1) / Tr::kBlockM, params.h_kv, num_sm_parts);
+  const dim3 grid((params.rows_per_kv_head + Tr::kBlockM - 1) / Tr::kBlockM, params.h_kv, args.num_sm_parts);
   kernel<<<grid, Tr::kThreads, smem, stream>>>(params, stages);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return Status::Error(std::string("mla_decode_portable_kernel launch: ") + cudaGetErrorString(err));
+  return Status::Ok();
 }
 
 }  // namespace flashmla::sm80

@@ -1,0 +1,56 @@
+// Tile sizes, roles and the shared-memory layout of the Hopper (sm_90a) split-KV decode kernel.
+// One place for each number: the kernel and its launcher read them from here.
+#pragma once
+
+#include "common/config.h"
+
+namespace flashmla::sm90 {
+
+struct Sm90Traits {
+  // One wgmma M = 64 packed query rows per CTA; one pipeline stage = one scheduler block of keys.
+  static constexpr int kBlockM = flashmla::kBlockM;
+  static constexpr int kBlockN = flashmla::kSchedBlockKeys;
+  static_assert(kBlockM == 64 && kBlockN == 64, "the wgmma shapes below assume 64 x 64 tiles");
+  static constexpr int kStages = 2;
+
+  // Warpgroups: 0 computes S = Q K^T, the softmax and O[:, 0:256); 1 computes O[:, 256:512);
+  // 2 is the producer (one thread issues the TMA loads). setmaxnreg moves the producer's
+  // registers to the consumers: 2 * 128 * 240 + 128 * 24 = 64512 of the SM's 65536.
+  static constexpr int kWarpgroups = 3;
+  static constexpr int kThreads = kWarpgroups * 128;
+  static constexpr int kConsumerThreads = 256;
+  static constexpr int kConsumerRegs = 240;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kColsPerConsumer = kHeadDimV / 2;  // 256: one m64n256 accumulator each
+
+  // A tile of rows x 576 channels is stored as 9 boxes of rows x 64 channels: one TMA box
+  // each, 128-byte rows in the 128-byte swizzle (16-byte chunk c of row r at c ^ (r % 8)).
+  static constexpr int kBoxCols = 64;
+  static constexpr int kRowBytes = kBoxCols * 2;             // 128
+  static constexpr int kBoxBytes = 64 * kRowBytes;           // 8192 (64 rows or 64 keys)
+  static constexpr int kBoxesQK = kHeadDimQK / kBoxCols;     // 9
+  static constexpr int kBoxesV = kHeadDimV / kBoxCols;     // 8
+  static constexpr int kBoxesPerConsumerV = kColsPerConsumer / kBoxCols;  // 4
+  static constexpr int kTileBytes = kBoxesQK * kBoxBytes;    // 73728
+  static constexpr int kSwizzleAtomBytes = 8 * kRowBytes;    // 1024: 8 rows of the swizzle pattern
+
+  // Shared memory, in bytes from a 1024-byte aligned base.
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQOffset + kTileBytes;
+  static constexpr int kPOffset = kKOffset + kStages * kTileBytes;  // P: 64 x 64, one box
+  static constexpr int kRowScaleOffset = kPOffset + kBoxBytes;      // float[64] per block
+  static constexpr int kRowInvOffset = kRowScaleOffset + kBlockM * 4;  // float[64]: 1 / row sum
+  static constexpr int kStageBadOffset = kRowInvOffset + kBlockM * 4;  // int[kStages]: bad page
+  static constexpr int kFullBarOffset = kStageBadOffset + 8 * kStages;  // uint64[kStages]
+  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages;  // uint64[kStages]
+  static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages;
+  // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
+  static constexpr int kSmemBytes = kSmemUsed + 1024;
+
+  // Named barriers (0 is __syncthreads).
+  static constexpr int kBarPReady = 1;  // WG0 wrote P and the row scales; both consumers sync
+  static constexpr int kBarPFree = 2;   // WG1 finished reading them; WG1 arrives, WG0 syncs
+  static constexpr int kBarQReady = 3;  // WG0's Q tile is in shared memory (WG0 only)
+};
+
+}  // namespace flashmla::sm90
