@@ -85,7 +85,9 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
                         const Smem& sm) {
   const DecodeParams& p = sp.p;
   prefetch_tensor_map(&sp.k_map);
-  const uint64_t evict_first = l2_evict_first_policy();
+  // With one m-block the cache is streamed once per call: evict it first. With several, the
+  // CTAs of the other m-blocks read the same keys at about the same time: keep them.
+  const uint64_t l2_policy = gridDim.x == 1 ? l2_evict_first_policy() : l2_evict_normal_policy();
   int block_counter = 0;
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
@@ -106,7 +108,7 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box)
         tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, sm.full_bar(slot.stage), box * Tr::kBoxCols, kv_head,
-                    int(key0 % p.page_size), page, evict_first);
+                    int(key0 % p.page_size), page, l2_policy);
     }
   }
 }

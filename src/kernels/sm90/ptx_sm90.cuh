@@ -41,8 +41,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 
 // ---- TMA (#data-movement-and-conversion-instructions-cp-async-bulk-tensor) ------------------
-// One box of a 4-D tensor map into shared memory; completion is counted on `bar` in bytes.
-// The L2 hint marks the lines evict-first: the cache is streamed once per call.
+// One box of a 4-D tensor map into shared memory; completion is counted on `bar` in bytes,
+// with an L2 eviction-priority policy from createpolicy.
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map, uint32_t bar, int c0, int c1,
                                             int c2, int c3, uint64_t l2_policy) {
   asm volatile(
@@ -54,6 +54,11 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ uint64_t l2_evict_normal_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
 __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
