@@ -18,6 +18,10 @@ namespace flashmla {
 constexpr int kSchedBlockKeys = 64;
 // Cost of starting one request (loading its Q tile, writing its output), in scheduler blocks.
 constexpr int kFixedOverheadBlocks = 5;
+// Least work, in scheduler units, the plan gives one part: splitting a short request costs a
+// Q load, a partial write and a combine read that outweigh a few blocks of parallelism
+// (FlashMLA uses the same floor).
+constexpr int kMinPartPayload = 2 * kFixedOverheadBlocks;
 // Query rows (heads of one KV head x query tokens) one CTA processes together.
 constexpr int kBlockM = 64;
 // Grid-dimension limits of the decode and combine launches.

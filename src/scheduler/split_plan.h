@@ -2,7 +2,7 @@
 //
 // Every request i costs cost_i = kFixedOverheadBlocks + blocks_i scheduler units, laid end to end
 // on one axis: request i occupies [C_i, C_i + cost_i) with its overhead first, then its blocks.
-// The axis [0, T) is cut into num_sm_parts equal pieces of L = ceil(T / P) units; a cut at x
+// The axis [0, T) is cut into num_sm_parts equal pieces of L = max(ceil(T / P), kMinPartPayload) units; a cut at x
 // inside request i lands on block max(0, x - C_i - overhead) of it (a cut inside the overhead
 // snaps back to the request's start, so no split is ever empty). Part p covers the positions
 // between its two cuts. Hence a part's cost is at most L + kFixedOverheadBlocks, every key
@@ -22,10 +22,11 @@ FLASHMLA_HD int sched_blocks(int seqlen) {
 
 FLASHMLA_HD int64_t request_cost(int seqlen) { return kFixedOverheadBlocks + sched_blocks(seqlen); }
 
-// Units per part; at least 1 so that cuts are strictly increasing.
+// Units per part: an equal share of the total, but at least kMinPartPayload (so short work is
+// not scattered over idle SMs; parts past the end of the axis stay empty).
 FLASHMLA_HD int64_t part_payload(int64_t total_cost, int num_parts) {
   const int64_t l = (total_cost + num_parts - 1) / num_parts;
-  return l > 0 ? l : 1;
+  return l > kMinPartPayload ? l : kMinPartPayload;
 }
 
 // Block of the request starting at axis position c where the cut at x (c <= x < c + cost) lands.

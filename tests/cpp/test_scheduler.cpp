@@ -9,11 +9,11 @@
 //   * begin_split: the pieces of a request have split indices 0..n-1 in part order (a part's
 //     first request starts at begin_split, its later requests at 0);
 //   * total splits num_splits[batch] <= batch + num_sm_parts (the workspace bound);
-//   * balance: with T = sum_i (blocks_i + kFixedOverheadBlocks), every part's cost
-//     sum over its pieces of (piece blocks + kFixedOverheadBlocks) is
-//         <= ceil(T / P) + kFixedOverheadBlocks.
+//   * balance: with T = sum_i (blocks_i + kFixedOverheadBlocks) and L = max(ceil(T / P),
+//     kMinPartPayload), every part's cost sum over its pieces of (piece blocks +
+//     kFixedOverheadBlocks) is <= L + kFixedOverheadBlocks.
 // MatchesSplitPlanDefinition additionally recomputes the plan from the definition in
-// src/scheduler/split_plan.h (cuts every ceil(T/P) units on the cost axis) and compares rows.
+// src/scheduler/split_plan.h (cuts every L units on the cost axis) and compares rows.
 #include <algorithm>
 #include <random>
 #include <sstream>
@@ -146,7 +146,7 @@ TEST(Scheduler, EdgeBatchInvariants) {
     start[size_t(i) + 1] = start[size_t(i)] + kFixedOverheadBlocks + blocks[size_t(i)];
   }
   const int64_t T = start[size_t(batch)];
-  const int64_t L = std::max<int64_t>(1, (T + P - 1) / P);
+  const int64_t L = std::max<int64_t>(flashmla::kMinPartPayload, (T + P - 1) / P);
   struct Cut {
     int req;
     int64_t block;

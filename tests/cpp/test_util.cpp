@@ -474,8 +474,8 @@ std::string summarize_seqlens(const std::vector<int32_t>& s) {
     blocks[size_t(i)] = flashmla::sched_blocks(seqlens[size_t(i)]);
     total += blocks[size_t(i)] + kFixedOverheadBlocks;
   }
-  const int64_t ceil_t_over_p = (total + P - 1) / P;
-  const int64_t bound = ceil_t_over_p + kFixedOverheadBlocks;
+  const int64_t payload = std::max<int64_t>((total + P - 1) / P, flashmla::kMinPartPayload);
+  const int64_t bound = payload + kFixedOverheadBlocks;
 
   if (ns[0] != 0) return fail() << "num_splits[0] = " << ns[0] << ", want 0";
 
@@ -505,12 +505,12 @@ std::string summarize_seqlens(const std::vector<int32_t>& s) {
       pieces[size_t(i)].push_back({p, s, e, i == br ? bs : 0});
       cost += (e - s) + kFixedOverheadBlocks;
     }
-    // Balance: part p covers at most L = ceil(T/P) units of the cost axis, plus at most one
-    // request overhead it pays without covering it (its first piece), hence
-    //   cost_p <= ceil(T / P) + kFixedOverheadBlocks.
+    // Balance: part p covers at most L = max(ceil(T/P), kMinPartPayload) units of the cost
+    // axis, plus at most one request overhead it pays without covering it (its first piece):
+    //   cost_p <= L + kFixedOverheadBlocks.
     if (cost > bound)
       return fail() << "part " << p << " (row " << br << "," << bb << "," << er << "," << eb
-                    << ") costs " << cost << " > ceil(T/P) + overhead = " << ceil_t_over_p << " + "
+                    << ") costs " << cost << " > L + overhead = " << payload << " + "
                     << kFixedOverheadBlocks << " (T=" << total << ")";
   }
 

@@ -12,8 +12,8 @@
 //   warpgroup 1: O[:, 256:512) = O * rescale + P V with the same P.
 // V is channels 0..511 of the K rows already in the stage: the cache is read once.
 // The same piece, split and output conventions as the portable kernel (kernels/tile_piece.h).
-#include <atomic>
-#include <cstdio>
+#include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -39,6 +39,7 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 struct Sm90Params {
   DecodeParams p;
+  int l2_prefetch_blocks;  // Sm90Traits::kL2PrefetchBlocks unless FLASHMLA_SM90_L2_PREFETCH says otherwise
   // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
   // boxes of 64 tokens x 64 channels.
   CUtensorMap k_map;
@@ -81,6 +82,12 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * Tr::k
 // ---------------------------------------------------------------------------------------------
 // Producer
 // ---------------------------------------------------------------------------------------------
+// Page of the key block starting at key0, or -1 if the block table holds no valid page there.
+__device__ __forceinline__ int block_page(const DecodeParams& p, int req, int64_t key0) {
+  const int page = p.block_table[int64_t(req) * p.block_table_batch_stride + key0 / p.page_size];
+  return page >= 0 && page < p.num_blocks ? page : -1;
+}
+
 __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_head, int last_row_token,
                         const Smem& sm) {
   const DecodeParams& p = sp.p;
@@ -92,14 +99,27 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
     const int blocks = piece.num_key_blocks(Tr::kBlockN);
+    // Two stages hold too few bytes to cover HBM latency on their own (docs/PERF.md): blocks
+    // l2_prefetch_blocks ahead of the one being loaded are requested into L2 first, so the
+    // TMA load that follows mostly waits for L2, not HBM.
+    auto prefetch = [&](int n) {
+      if (n >= blocks) return;
+      const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
+      const int page = block_page(p, req, key0);
+      if (page < 0) return;
+#pragma unroll
+      for (int box = 0; box < Tr::kBoxesQK; ++box)
+        tma_prefetch_l2_4d(&sp.k_map, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size), page);
+    };
+    for (int n = 0; n < sp.l2_prefetch_blocks; ++n) prefetch(n);
     for (int n = 0; n < blocks; ++n, ++block_counter) {
+      if (sp.l2_prefetch_blocks > 0) prefetch(n + sp.l2_prefetch_blocks);
       const RingSlot slot(block_counter);
       mbar_wait(sm.empty_bar(slot.stage), slot.parity ^ 1);  // a fresh barrier passes parity 1
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
-      const int page = p.block_table[int64_t(req) * p.block_table_batch_stride + key0 / p.page_size];
-      const bool page_ok = page >= 0 && page < p.num_blocks;
-      sm.stage_bad()[slot.stage] = !page_ok;  // published by the arrive below (release)
-      if (!page_ok) {
+      const int page = block_page(p, req, key0);
+      sm.stage_bad()[slot.stage] = page < 0;  // published by the arrive below (release)
+      if (page < 0) {
         mbar_arrive(sm.full_bar(slot.stage));
         continue;
       }
@@ -433,6 +453,15 @@ Status encode_k_map(const DecodeArgs& a, CUtensorMap* map) {
   return Status::Ok();
 }
 
+// The prefetch distance, overridable for experiments (docs/PERF.md) by FLASHMLA_SM90_L2_PREFETCH.
+int l2_prefetch_blocks() {
+  static const int blocks = [] {
+    const char* env = std::getenv("FLASHMLA_SM90_L2_PREFETCH");
+    return env != nullptr ? std::max(0, std::atoi(env)) : Tr::kL2PrefetchBlocks;
+  }();
+  return blocks;
+}
+
 }  // namespace
 
 std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs& args) {
@@ -456,6 +485,7 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
                      cudaStream_t stream) {
   Sm90Params sp;
   sp.p = params;
+  sp.l2_prefetch_blocks = l2_prefetch_blocks();
   if (Status s = encode_k_map(args, &sp.k_map); !s.ok()) return s;
 
   auto kernel = args.dtype == DataType::kBFloat16 ? mla_decode_sm90_kernel<__nv_bfloat16> : mla_decode_sm90_kernel<__half>;
