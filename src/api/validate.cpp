@@ -158,10 +158,10 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .int_aligned(a.softmax_lse, "softmax_lse")
       .int_aligned(a.attn_sink, "attn_sink");
   if (check_plan) {
-    c.not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
+    c.require(a.num_sm_parts >= 1 && a.num_sm_parts <= kMaxSmParts, "num_sm_parts",
+              "a value in [1, 2048] (rows of tile_scheduler_metadata)", a.num_sm_parts)
+        .not_null(a.tile_scheduler_metadata, "tile_scheduler_metadata")
         .not_null(a.num_splits, "num_splits")
-        .require(a.num_sm_parts >= 1 && a.num_sm_parts <= kMaxSmParts, "num_sm_parts",
-                 "a value in [1, 2048] (rows of tile_scheduler_metadata)", a.num_sm_parts)
         .int_aligned(a.tile_scheduler_metadata, "tile_scheduler_metadata")
         .int_aligned(a.num_splits, "num_splits");
     if (a.h_kv >= 1 && a.num_sm_parts >= 1) {
