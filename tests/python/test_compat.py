@@ -261,8 +261,8 @@ def test_cuda_graph_replay_with_new_lengths(engine):
     with torch.cuda.stream(stream):  # warm-up outside the graph, as engines do
         e.run(step, prepared)
     torch.cuda.current_stream().wait_stream(stream)
-    # Engines that plan outside the graph make a fresh plan (or schedule object) for the capture.
-    prepared = e.prepare(step)
+    # The capture reuses the schedule the warm-up planned: the planning must still be captured
+    # (a plan made outside a graph is never replayed as a constant).
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = e.run(step, prepared)
