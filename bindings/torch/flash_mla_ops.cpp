@@ -1,18 +1,22 @@
-// torch ops flash_mla::get_mla_metadata and flash_mla::fwd_kvcache over the FlashMLA-cpp API,
+// torch ops flash_mla::get_mla_metadata, flash_mla::fwd_kvcache and flash_mla::fwd_kvcache_planned
+// (plan + decode in one call) over the FlashMLA-cpp API,
 // written against torch's stable ABI (torch/csrc/stable + the AOTI C shim), built with
 // TORCH_TARGET_VERSION = 2.10, so one binary loads in torch 2.10 and later. CUDA tensors run Backend::kCuda on torch's current stream; CPU tensors
 // run Backend::kHost (the C++ reference implementation), which is what the CPU test suite uses.
 //
 // Every output and the decode workspace come from torch's allocator (caching allocator on CUDA),
-// so both ops are CUDA-graph capturable.
+// so the ops are CUDA-graph capturable.
 
 #include <dlfcn.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cfloat>
 #include <climits>
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -98,15 +102,20 @@ std::string shape_of(const Tensor& t) {
 }
 
 // Checks rank, the sizes that are fixed (-1 = any), that every size fits an int, and that the
-// last dim is contiguous. `layout` is how the message spells the expected shape.
+// last dim is contiguous. `layout` is how the message spells the expected shape; the sizes it
+// implies follow in numbers ("[batch + 1] = [3]").
 void check_tensor(const Tensor& t, const char* name, const char* layout,
                   std::initializer_list<int64_t> sizes) {
+  std::string want_sizes = "[";
+  for (int64_t want : sizes)
+    want_sizes += (want_sizes.size() > 1 ? ", " : "") + (want < 0 ? std::string("*") : std::to_string(want));
+  want_sizes += "]";
   STD_TORCH_CHECK(t.dim() == int64_t(sizes.size()), name, " must be a ", sizes.size(),
-                  "-D tensor ", layout, ", got a ", shape_of(t));
+                  "-D tensor ", layout, " = ", want_sizes, ", got a ", shape_of(t));
   int64_t i = 0;
   for (int64_t want : sizes) {
     STD_TORCH_CHECK(want < 0 || t.size(i) == want, name, " must be a ", sizes.size(), "-D tensor ",
-                    layout, ", got a ", shape_of(t));
+                    layout, " = ", want_sizes, ", got a ", shape_of(t));
     STD_TORCH_CHECK(t.size(i) <= INT_MAX, name, " is too large: dim ", i, " has size ", t.size(i));
     ++i;
   }
@@ -123,6 +132,21 @@ std::string device_of(const Tensor& t) {
   if (t.is_cpu()) return "cpu";
   if (t.is_cuda()) return "cuda:" + std::to_string(t.get_device_index());
   return "a device other than cpu or cuda";
+}
+
+// How many entries of each block-table row may be read: the row pitch (stride(0)) when it is
+// wider than the view, as FlashMLA reads it (SGLang captures a narrow view of a wider table in
+// CUDA graphs), bounded by the storage behind the last row so no read leaves the buffer, and by
+// what an int32 length can need.
+int64_t readable_block_table_cols(const Tensor& block_table, int64_t page_size) {
+  const int64_t batch = block_table.size(0), width = block_table.size(1), pitch = block_table.stride(0);
+  if (batch == 0 || width == 0 || pitch <= width) return width;  // an empty view has no data pointer
+  int64_t storage_bytes = 0;
+  TORCH_ERROR_CODE_CHECK(aoti_torch_get_storage_size(block_table.get(), &storage_bytes));
+  const int64_t last_row_avail =
+      storage_bytes / int64_t(sizeof(int32_t)) - block_table.storage_offset() - (batch - 1) * pitch;
+  const int64_t int32_need = page_size > 0 ? INT_MAX / page_size : width;
+  return std::max(width, std::min({pitch, last_row_avail, int32_need}));
 }
 
 void check_same_device(const Tensor& t, const char* name, const Tensor& ref, const char* ref_name) {
@@ -169,13 +193,10 @@ int plan_num_sm_parts(bool is_cuda, int device_index, int64_t q_rows_per_kv_head
   return flashmla::num_sm_parts(device_num_sms(is_cuda, device_index), int(q_rows_per_kv_head), int(h_kv));
 }
 
-std::tuple<Tensor, Tensor> get_mla_metadata(Tensor cache_seqlens, int64_t num_q_tokens_per_head_k,
-                                            int64_t num_heads_k) {
-  check_tensor(cache_seqlens, "cache_seqlens", "[batch]", {-1});
-  check_dtype(cache_seqlens, "cache_seqlens", ScalarType::Int);
+// The plan of one decode step: get_mla_metadata's work, shared by the op of that name and by
+// fwd_kvcache_planned.
+std::tuple<Tensor, Tensor> make_plan(const Tensor& cache_seqlens, int64_t num_q_tokens_per_head_k, int64_t num_heads_k) {
   const bool cuda = cache_seqlens.is_cuda();
-  STD_TORCH_CHECK(cuda || cache_seqlens.is_cpu(), "cache_seqlens must be a CUDA or CPU tensor, got ",
-                  device_of(cache_seqlens));
   const int device = cuda ? cache_seqlens.get_device_index() : 0;
   const int batch = int(cache_seqlens.size(0));
   const int parts = plan_num_sm_parts(cuda, device, num_q_tokens_per_head_k, num_heads_k);
@@ -199,18 +220,27 @@ std::tuple<Tensor, Tensor> get_mla_metadata(Tensor cache_seqlens, int64_t num_q_
   return {metadata, num_splits};
 }
 
-std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,
-                                       int64_t head_dim_v, Tensor tile_scheduler_metadata, Tensor num_splits,
-                                       double softmax_scale, bool causal) {
+std::tuple<Tensor, Tensor> get_mla_metadata(Tensor cache_seqlens, int64_t num_q_tokens_per_head_k,
+                                            int64_t num_heads_k) {
+  check_tensor(cache_seqlens, "cache_seqlens", "[batch]", {-1});
+  check_dtype(cache_seqlens, "cache_seqlens", ScalarType::Int);
+  STD_TORCH_CHECK(cache_seqlens.is_cuda() || cache_seqlens.is_cpu(), "cache_seqlens must be a CUDA or CPU tensor, got ",
+                  device_of(cache_seqlens));
+  STD_TORCH_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
+  return make_plan(cache_seqlens, num_q_tokens_per_head_k, num_heads_k);
+}
+
+// Checks of everything but the plan; fills the non-plan fields of the decode arguments.
+flashmla::DecodeArgs decode_args(const Tensor& q, const Tensor& k_cache, const Tensor& block_table,
+                                 const Tensor& cache_seqlens, int64_t head_dim_v,
+                                 const std::optional<double>& softmax_scale, bool causal,
+                                 const std::optional<Tensor>& attn_sink) {
   constexpr int64_t D = flashmla::kHeadDimQK, DV = flashmla::kHeadDimV;
   check_tensor(q, "q", "[batch, s_q, h_q, 576]", {-1, -1, -1, D});
-  const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
+  const int64_t batch = q.size(0), h_q = q.size(2);
   check_tensor(k_cache, "k_cache", "[num_blocks, page_size, h_kv, 576]", {-1, -1, -1, D});
   check_tensor(block_table, "block_table", "[batch, max_blocks_per_seq]", {batch, -1});
   check_tensor(cache_seqlens, "cache_seqlens", "[batch]", {batch});
-  check_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", "[num_sm_parts, 8]",
-               {-1, flashmla::kMetadataInts});
-  check_tensor(num_splits, "num_splits", "[batch + 1]", {batch + 1});
   STD_TORCH_CHECK(head_dim_v == DV, "head_dim_v must be ", DV, ", got ", head_dim_v);
 
   const ScalarType dtype = q.scalar_type();
@@ -219,28 +249,23 @@ std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_ta
   check_dtype(k_cache, "k_cache", dtype);
   check_dtype(block_table, "block_table", ScalarType::Int);
   check_dtype(cache_seqlens, "cache_seqlens", ScalarType::Int);
-  check_dtype(tile_scheduler_metadata, "tile_scheduler_metadata", ScalarType::Int);
-  check_dtype(num_splits, "num_splits", ScalarType::Int);
-  STD_TORCH_CHECK(cache_seqlens.is_contiguous() && tile_scheduler_metadata.is_contiguous() &&
-                      num_splits.is_contiguous(),
-                  "cache_seqlens, tile_scheduler_metadata and num_splits must be contiguous");
+  STD_TORCH_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
 
-  const bool cuda = q.is_cuda();
-  STD_TORCH_CHECK(cuda || q.is_cpu(), "q must be a CUDA or CPU tensor, got ", device_of(q));
+  STD_TORCH_CHECK(q.is_cuda() || q.is_cpu(), "q must be a CUDA or CPU tensor, got ", device_of(q));
   check_same_device(k_cache, "k_cache", q, "q");
   check_same_device(block_table, "block_table", q, "q");
   check_same_device(cache_seqlens, "cache_seqlens", q, "q");
-  check_same_device(tile_scheduler_metadata, "tile_scheduler_metadata", q, "q");
-  check_same_device(num_splits, "num_splits", q, "q");
-
-  Tensor out = new_tensor(q, {batch, s_q, h_q, DV}, dtype);
-  Tensor lse = new_tensor(q, {batch, h_q, s_q}, ScalarType::Float);
+  if (attn_sink.has_value()) {
+    check_tensor(*attn_sink, "attn_sink", "[h_q]", {h_q});
+    check_dtype(*attn_sink, "attn_sink", ScalarType::Float);
+    check_same_device(*attn_sink, "attn_sink", q, "q");
+  }
 
   flashmla::DecodeArgs a;
-  a.backend = cuda ? flashmla::Backend::kCuda : flashmla::Backend::kHost;
+  a.backend = q.is_cuda() ? flashmla::Backend::kCuda : flashmla::Backend::kHost;
   a.dtype = dtype == ScalarType::BFloat16 ? flashmla::DataType::kBFloat16 : flashmla::DataType::kFloat16;
   a.batch = int(batch);
-  a.s_q = int(s_q);
+  a.s_q = int(q.size(1));
   a.h_q = int(h_q);
   a.h_kv = int(k_cache.size(2));
   a.head_dim_v = int(head_dim_v);
@@ -251,24 +276,40 @@ std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_ta
   a.page_size = int(k_cache.size(1));
   a.k_block_stride = k_cache.stride(0), a.k_token_stride = k_cache.stride(1), a.k_head_stride = k_cache.stride(2);
   a.block_table = static_cast<const int32_t*>(block_table.const_data_ptr());
-  a.max_blocks_per_seq = int(block_table.size(1));
+  a.max_blocks_per_seq = int(std::min<int64_t>(readable_block_table_cols(block_table, k_cache.size(1)), INT_MAX));
   a.block_table_batch_stride = block_table.stride(0);
   a.cache_seqlens = static_cast<const int32_t*>(cache_seqlens.const_data_ptr());
+  if (softmax_scale.has_value()) {
+    // A finite double beyond float's range would turn into inf: name the value given.
+    STD_TORCH_CHECK(std::isfinite(*softmax_scale) && std::fabs(*softmax_scale) <= FLT_MAX,
+                    "flash_mla: softmax_scale: expected a finite float32 value, or None for 1/sqrt(576), got ",
+                    *softmax_scale);
+    a.softmax_scale = float(*softmax_scale);
+  }
+  a.causal = causal;
+  a.attn_sink = attn_sink.has_value() ? static_cast<const float*>(attn_sink->const_data_ptr()) : nullptr;
+  return a;
+}
+
+// Runs the decode with the plan tensors (already checked) into new out / lse tensors.
+std::tuple<Tensor, Tensor> run_decode(flashmla::DecodeArgs a, const Tensor& q, const Tensor& tile_scheduler_metadata,
+                                      const Tensor& num_splits) {
   a.tile_scheduler_metadata = static_cast<const int32_t*>(tile_scheduler_metadata.const_data_ptr());
   a.num_splits = static_cast<const int32_t*>(num_splits.const_data_ptr());
   a.num_sm_parts = int(tile_scheduler_metadata.size(0));
+
+  Tensor out = new_tensor(q, {a.batch, a.s_q, a.h_q, flashmla::kHeadDimV}, q.scalar_type());
+  Tensor lse = new_tensor(q, {a.batch, a.h_q, a.s_q}, ScalarType::Float);
   a.out = out.mutable_data_ptr();
   a.out_batch_stride = out.stride(0), a.out_token_stride = out.stride(1), a.out_head_stride = out.stride(2);
   a.softmax_lse = static_cast<float*>(lse.mutable_data_ptr());
-  a.softmax_scale = float(softmax_scale);
-  a.causal = causal;
 
   const size_t ws_bytes = flashmla::decode_workspace_size(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
   Tensor ws = new_tensor(q, {int64_t(ws_bytes + kWorkspaceAlign)}, ScalarType::Byte);
   const uintptr_t base = reinterpret_cast<uintptr_t>(ws.mutable_data_ptr());
   void* workspace = reinterpret_cast<void*>((base + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign);
 
-  if (cuda) {
+  if (q.is_cuda()) {
     const int device = q.get_device_index();
     torch::stable::accelerator::DeviceGuard guard(device);
     check_status(flashmla::mla_decode(a, workspace, ws_bytes, current_cuda_stream(device)));
@@ -276,6 +317,43 @@ std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_ta
     check_status(flashmla::mla_decode(a, workspace, ws_bytes, nullptr));
   }
   return {out, lse};
+}
+
+std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,
+                                       int64_t head_dim_v, Tensor tile_scheduler_metadata, Tensor num_splits,
+                                       std::optional<double> softmax_scale, bool causal,
+                                       std::optional<Tensor> attn_sink) {
+  const flashmla::DecodeArgs a =
+      decode_args(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, attn_sink);
+  check_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", "[num_sm_parts, 8]", {-1, flashmla::kMetadataInts});
+  check_tensor(num_splits, "num_splits", "[batch + 1]", {a.batch + 1});
+  check_dtype(tile_scheduler_metadata, "tile_scheduler_metadata", ScalarType::Int);
+  check_dtype(num_splits, "num_splits", ScalarType::Int);
+  STD_TORCH_CHECK(tile_scheduler_metadata.is_contiguous() && num_splits.is_contiguous(),
+                  "tile_scheduler_metadata and num_splits must be contiguous");
+  check_same_device(tile_scheduler_metadata, "tile_scheduler_metadata", q, "q");
+  check_same_device(num_splits, "num_splits", q, "q");
+  return run_decode(a, q, tile_scheduler_metadata, num_splits);
+}
+
+// Plans and decodes in one call, returning the plan for reuse (FlashMLA's dense_decode_fwd with
+// no plan yet): what the first call with a FlashMLASchedMeta runs, inside a CUDA graph when one
+// is being captured.
+std::tuple<Tensor, Tensor, Tensor, Tensor> fwd_kvcache_planned(Tensor q, Tensor k_cache, Tensor block_table,
+                                                               Tensor cache_seqlens, int64_t head_dim_v,
+                                                               std::optional<double> softmax_scale, bool causal,
+                                                               std::optional<Tensor> attn_sink) {
+  const flashmla::DecodeArgs a =
+      decode_args(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, attn_sink);
+  // Shapes no plan fits (h_kv = 0, h_q not a multiple of h_kv, ...) get a one-part placeholder
+  // plan: mla_decode rejects them before reading it, with the message naming the argument.
+  const bool plannable = a.h_kv >= 1 && a.s_q >= 1 && a.h_q >= 1 && a.h_q % a.h_kv == 0;
+  auto [metadata, num_splits] =
+      plannable ? make_plan(cache_seqlens, int64_t(a.s_q) * (a.h_q / a.h_kv), a.h_kv)
+                : std::tuple<Tensor, Tensor>{new_tensor(q, {1, flashmla::kMetadataInts}, ScalarType::Int),
+                                             new_tensor(q, {a.batch + 1}, ScalarType::Int)};
+  auto [out, lse] = run_decode(a, q, metadata, num_splits);
+  return {out, lse, metadata, num_splits};
 }
 
 }  // namespace
@@ -294,15 +372,20 @@ extern "C" __attribute__((visibility("default"))) int flash_mla_num_sm_parts(int
 STABLE_TORCH_LIBRARY(flash_mla, m) {
   m.def("get_mla_metadata(Tensor cache_seqlens, int num_q_tokens_per_head_k, int num_heads_k) -> (Tensor, Tensor)");
   m.def("fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, int head_dim_v, "
-        "Tensor tile_scheduler_metadata, Tensor num_splits, float softmax_scale, bool causal) -> (Tensor, Tensor)");
+        "Tensor tile_scheduler_metadata, Tensor num_splits, float? softmax_scale, bool causal, "
+        "Tensor? attn_sink=None) -> (Tensor, Tensor)");
+  m.def("fwd_kvcache_planned(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, int head_dim_v, "
+        "float? softmax_scale, bool causal, Tensor? attn_sink=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(flash_mla, CUDA, m) {
   m.impl("get_mla_metadata", TORCH_BOX(&get_mla_metadata));
   m.impl("fwd_kvcache", TORCH_BOX(&fwd_kvcache));
+  m.impl("fwd_kvcache_planned", TORCH_BOX(&fwd_kvcache_planned));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(flash_mla, CPU, m) {
   m.impl("get_mla_metadata", TORCH_BOX(&get_mla_metadata));
   m.impl("fwd_kvcache", TORCH_BOX(&fwd_kvcache));
+  m.impl("fwd_kvcache_planned", TORCH_BOX(&fwd_kvcache_planned));
 }

@@ -14,10 +14,14 @@
 //
 // Backend::kHost runs the same three calls on host memory with the C++ reference
 // implementation (float64 accumulation): the executable specification of the semantics.
+//
+// An empty batch (batch == 0) is valid: nothing is read or written, and the per-request
+// pointers (cache_seqlens, q, block_table, out, softmax_lse) may be null.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -65,8 +69,10 @@ int num_sm_parts(int num_sms, int q_rows_per_kv_head, int h_kv);
 
 struct MetadataArgs {
   Backend backend = Backend::kCuda;
-  const int32_t* cache_seqlens = nullptr;  // [batch], device (kCuda) or host (kHost) memory
-  int batch = 0;
+  // [batch], device (kCuda) or host (kHost) memory. Any int32 value is planned safely
+  // (negative counts as 0); mla_decode decides what an out-of-range length gives.
+  const int32_t* cache_seqlens = nullptr;
+  int batch = 0;                            // >= 0; 0 plans an empty batch (num_splits = {0})
   int num_sm_parts = 0;                     // from num_sm_parts()
   int32_t* tile_scheduler_metadata = nullptr;  // out: [num_sm_parts, kMetadataInts]
   int32_t* num_splits = nullptr;               // out: [batch + 1], prefix sums of splits per request
@@ -83,7 +89,7 @@ struct DecodeArgs {
   Backend backend = Backend::kCuda;
   DataType dtype = DataType::kBFloat16;  // of q, k_cache and out
 
-  int batch = 0;                // b
+  int batch = 0;                // b (0: nothing to do)
   int s_q = 0;                  // query tokens per request (>1 for speculative decoding)
   int h_q = 0;                  // query heads
   int h_kv = 0;                 // KV heads (1 for MLA); h_q % h_kv == 0
@@ -99,7 +105,10 @@ struct DecodeArgs {
   int page_size = 0;
   int64_t k_block_stride = 0, k_token_stride = 0, k_head_stride = 0;
 
-  // block_table: [batch, max_blocks_per_seq] int32; entries past a request's last page are never read.
+  // block_table: [batch, max_blocks_per_seq] int32; entries past a request's last page are never
+  // read. max_blocks_per_seq is how many entries of each row may be read: it may exceed the
+  // logical width of a row view, up to the row pitch of the buffer underneath (SGLang captures
+  // narrow views of a wider table in CUDA graphs, as FlashMLA allows).
   const int32_t* block_table = nullptr;
   int max_blocks_per_seq = 0;
   int64_t block_table_batch_stride = 0;
@@ -109,7 +118,10 @@ struct DecodeArgs {
   // out and lse NaN instead of reading out of bounds.
   const int32_t* cache_seqlens = nullptr;
 
-  // The plan from get_mla_metadata for the same cache_seqlens.
+  // The plan from get_mla_metadata for the same cache_seqlens. Backend::kHost checks that it is
+  // exactly that plan (an error otherwise). Backend::kCuda cannot check it without a host sync:
+  // a plan made for other lengths gives wrong results and a corrupted one NaN rows or wrong
+  // results, but never an out-of-bounds access.
   const int32_t* tile_scheduler_metadata = nullptr;  // [num_sm_parts, kMetadataInts]
   const int32_t* num_splits = nullptr;               // [batch + 1]
   int num_sm_parts = 0;
@@ -120,12 +132,18 @@ struct DecodeArgs {
   // softmax_lse: [batch, h_q, s_q] float32, contiguous, natural log; +inf for rows that see no key.
   float* softmax_lse = nullptr;
 
-  float softmax_scale = 0.f;  // 0 selects the default 1/sqrt(576)
+  // Scale of q·k before the softmax. Any finite value is used as is (0 and negative too, as in
+  // FlashMLA); std::nullopt (the default) selects 1/sqrt(576). NaN and infinity are rejected.
+  std::optional<float> softmax_scale;
   bool causal = false;        // bottom-right aligned: query token i sees keys [0, seqlen - s_q + i]
+
+  // Optional attention sink, float32 [h_q], in the decode's memory (null: none). Each output
+  // row is scaled by exp(lse) / (exp(lse) + exp(attn_sink[head])); softmax_lse is unchanged.
+  const float* attn_sink = nullptr;
 };
 
-// Bytes of workspace mla_decode needs for this shape (CUB-style; 0 is possible). Depends only
-// on (batch, s_q, h_q, h_kv, num_sm_parts).
+// Bytes of workspace mla_decode needs for this shape (CUB-style; 0 for an empty batch or an
+// invalid shape). Depends only on (batch, s_q, h_q, h_kv, num_sm_parts).
 size_t decode_workspace_size(int batch, int s_q, int h_q, int h_kv, int num_sm_parts);
 
 // Runs the decode. workspace: caller-owned, at least decode_workspace_size() bytes, aligned to

@@ -32,8 +32,10 @@ size_t decode_workspace_size(int batch, int s_q, int h_q, int h_kv, int num_sm_p
 Status mla_decode(const DecodeArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   if (Status s = detail::validate_decode_args(args, workspace, workspace_bytes, /*check_plan=*/true); !s.ok())
     return s;
+  if (args.batch == 0) return Status::Ok();  // an empty grid is not a valid launch
   if (args.backend == Backend::kHost) {
     if (Status s = detail::validate_host_lengths(args); !s.ok()) return s;
+    if (Status s = detail::validate_host_plan(args); !s.ok()) return s;
     detail::decode_host(args, workspace);
     return Status::Ok();
   }
@@ -45,7 +47,7 @@ Status reference_decode(const DecodeArgs& args) {
   if (args.backend != Backend::kHost)
     return Status::Error("backend: expected Backend::kHost (the reference runs on host memory), got kCuda");
   if (Status s = detail::validate_host_lengths(args); !s.ok()) return s;
-  detail::reference_host(args);
+  if (args.batch > 0) detail::reference_host(args);
   return Status::Ok();
 }
 

@@ -11,5 +11,7 @@ Status validate_decode_args(const DecodeArgs& args, const void* workspace, size_
                             bool check_plan);
 // Host memory only: sequence lengths and the block-table entries they use are in range.
 Status validate_host_lengths(const DecodeArgs& args);
+// Host memory only: the plan is exactly the one get_mla_metadata computes for the lengths.
+Status validate_host_plan(const DecodeArgs& args);
 
 }  // namespace flashmla::detail

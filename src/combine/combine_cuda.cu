@@ -1,12 +1,17 @@
-// Split-KV combine: out = sum_i w_i * out_i with w_i = exp(lse_i - lse), lse = log sum_i exp(lse_i).
+// Split-KV combine: out = sum_i w_i * out_i with w_i = exp(lse_i - lse), lse = log sum_i exp(lse_i),
+// then the attention sink, if any: out *= exp(lse) / (exp(lse) + exp(sink[head])).
 //
 // Grid (batch, h_kv, ceil(rows / kRowsPerCta)); one warp per packed query row. Requests the
-// plan did not split return at once (the split-KV kernel already wrote their output).
+// plan did not split were written by the split-KV kernel: they return at once, or with a sink
+// get their rows rescaled in place. num_splits is read through request_splits(): entries that
+// are not a range inside the workspace (a corrupted plan) give NaN rows, never a read or write
+// outside it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "combine/combine.h"
 #include "common/params.h"
+#include "scheduler/split_plan.h"
 
 namespace flashmla {
 namespace {
@@ -28,13 +33,60 @@ __device__ __forceinline__ void store4<__half>(__half* dst, float4 v) {
 }
 
 template <typename T>
+__device__ __forceinline__ float4 load4(const T* src);
+template <>
+__device__ __forceinline__ float4 load4<__nv_bfloat16>(const __nv_bfloat16* src) {
+  const uint2 u = *reinterpret_cast<const uint2*>(src);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+template <>
+__device__ __forceinline__ float4 load4<__half>(const __half* src) {
+  const uint2 u = *reinterpret_cast<const uint2*>(src);
+  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// exp(lse) / (exp(lse) + exp(sink)); 1 for a row without keys (final lse +inf, out 0).
+__device__ __forceinline__ float sink_factor(const DecodeParams& p, int head, float final_lse) {
+  if (p.attn_sink == nullptr || final_lse == INFINITY) return 1.f;
+  return 1.f / (1.f + expf(p.attn_sink[head] - final_lse));
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __grid_constant__ DecodeParams p) {
   const int req = blockIdx.x, kv_head = blockIdx.y;
-  const int first = p.num_splits[req], n_splits = p.num_splits[req + 1] - first;
-  if (n_splits <= 1) return;
+  const SplitRange splits = request_splits(p.num_splits, req, p.max_splits);
+  const bool unsplit = splits.valid && splits.count == 1;
+  if (unsplit && p.attn_sink == nullptr) return;
   const int row = blockIdx.z * kRowsPerCta + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= p.rows_per_kv_head) return;
-  auto slot = [&](int i) { return (int64_t(first + i) * p.h_kv + kv_head) * p.rows_per_kv_head + row; };
+
+  const RowMap row_map{p.q_heads_per_kv};
+  const int token = row_map.token(row), head = row_map.head(kv_head, row);
+  T* out = static_cast<T*>(p.out) + req * p.out_batch_stride + token * p.out_token_stride + head * p.out_head_stride;
+  float* lse_out = p.softmax_lse + lse_offset(req, p.h_q, p.s_q, head, token);
+
+  if (unsplit) {  // attention sink on a row the split-KV kernel finished
+    const float f = sink_factor(p, head, *lse_out);
+#pragma unroll
+    for (int j = 0; j < kColsPerLane / 4; ++j) {
+      float4 v = load4(out + (j * 32 + lane) * 4);
+      store4(out + (j * 32 + lane) * 4, make_float4(v.x * f, v.y * f, v.z * f, v.w * f));
+    }
+    return;
+  }
+  if (!splits.valid) {  // num_splits does not describe this request: NaN, touch no workspace
+#pragma unroll
+    for (int j = 0; j < kColsPerLane / 4; ++j) store4(out + (j * 32 + lane) * 4, make_float4(NAN, NAN, NAN, NAN));
+    if (lane == 0) *lse_out = NAN;
+    return;
+  }
+
+  const int first = splits.first, n_splits = splits.count;
+  auto slot = [&](int i) { return partial_slot(first + i, p.h_kv, kv_head, p.rows_per_kv_head, row); };
 
   // Max of the partial lse (-inf: the piece saw no key); NaN anywhere poisons the row.
   float max_lse = -INFINITY;
@@ -70,17 +122,12 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
       }
     }
   }
-  if (nan)
-    for (auto& a : acc) a = make_float4(NAN, NAN, NAN, NAN);
-
-  const RowMap row_map{p.q_heads_per_kv};
-  const int token = row_map.token(row), head = row_map.head(kv_head, row);
-  T* out = static_cast<T*>(p.out) + req * p.out_batch_stride + token * p.out_token_stride + head * p.out_head_stride;
+  const float lse = nan ? NAN : (empty ? INFINITY : max_lse + logf(sum));
+  const float f = sink_factor(p, head, lse);
+  for (auto& a : acc) a = nan ? make_float4(NAN, NAN, NAN, NAN) : make_float4(a.x * f, a.y * f, a.z * f, a.w * f);
 #pragma unroll
   for (int j = 0; j < kColsPerLane / 4; ++j) store4(out + (j * 32 + lane) * 4, acc[j]);
-  if (lane == 0)
-    p.softmax_lse[(int64_t(req) * p.h_q + head) * p.s_q + token] =
-        nan ? NAN : (empty ? INFINITY : max_lse + logf(sum));
+  if (lane == 0) *lse_out = lse;
 }
 
 }  // namespace

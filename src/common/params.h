@@ -2,8 +2,10 @@
 // layout and the workspace layout. One place for each fact.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "common/config.h"
 
@@ -65,6 +67,14 @@ FLASHMLA_HD int64_t partial_slot(int split_id, int h_kv, int kv_head, int rows_p
 // softmax_lse is [batch, h_q, s_q].
 FLASHMLA_HD int64_t lse_offset(int req, int h_q, int s_q, int head, int token) {
   return (int64_t(req) * h_q + head) * s_q + token;
+}
+
+// The softmax scale a decode call uses: the caller's value as is (any finite value, 0 and
+// negative included, as FlashMLA does), or 1/sqrt(576) when none is given. The one place of
+// this rule: the host backend and the CUDA parameters both call it.
+// In double: the host backend computes in float64; the GPU narrows it to float.
+inline double resolve_softmax_scale(const std::optional<float>& softmax_scale) {
+  return softmax_scale.has_value() ? double(*softmax_scale) : 1.0 / std::sqrt(double(kHeadDimQK));
 }
 
 }  // namespace flashmla

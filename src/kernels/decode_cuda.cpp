@@ -100,7 +100,7 @@ Status choose_family(const detail::DeviceFacts& device, const DecodeArgs& args, 
 
 DecodeParams make_params(const DecodeArgs& a, void* workspace) {
   const WorkspaceLayout ws(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
-  const float scale = a.softmax_scale > 0.f ? a.softmax_scale : 1.f / std::sqrt(float(kHeadDimQK));
+  const float scale = float(resolve_softmax_scale(a.softmax_scale));
   DecodeParams p{};
   p.q = a.q;
   p.q_batch_stride = a.q_batch_stride;
@@ -133,6 +133,8 @@ DecodeParams make_params(const DecodeArgs& a, void* workspace) {
   p.rows_per_kv_head = int(ws.rows_per_kv_head);
   p.scale_log2 = scale * 1.4426950408889634f;
   p.causal = a.causal;
+  p.attn_sink = a.attn_sink;
+  p.max_splits = ws.max_splits;
   return p;
 }
 

@@ -35,6 +35,10 @@ struct DecodeParams {
   int rows_per_kv_head;  // s_q * q_heads_per_kv: the packed query rows of one KV head
   float scale_log2;      // softmax_scale * log2(e): scores are exponentiated with exp2
   bool causal;
+
+  // Added for range safety and attention sinks (src/combine, src/scheduler/split_plan.h).
+  const float* attn_sink;  // [h_q] float32 or null: out *= exp(lse) / (exp(lse) + exp(sink[head]))
+  int64_t max_splits;      // workspace split slots, batch + num_sm_parts: the bound of request_splits()
 };
 
 }  // namespace flashmla

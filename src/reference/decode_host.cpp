@@ -33,8 +33,6 @@ void store(void* base, int64_t idx, double v, DataType dt) {
     static_cast<__half*>(base)[idx] = __float2half_rn(float(v));
 }
 
-double default_scale(float scale) { return scale > 0.f ? double(scale) : 1.0 / std::sqrt(double(kHeadDimQK)); }
-
 // Softmax-weighted V of one query row over keys [key_begin, key_end): out normalized, lse in
 // natural log, -inf when the row sees no key in the range.
 struct RowResult {
@@ -51,7 +49,7 @@ RowResult attend_row(const DecodeArgs& a, int req, int kv_head, int row, int key
   if (key_end <= key_begin) return r;
 
   const int64_t q_off = req * a.q_batch_stride + token * a.q_token_stride + head * a.q_head_stride;
-  const double scale = default_scale(a.softmax_scale);
+  const double scale = resolve_softmax_scale(a.softmax_scale);
   std::vector<double> score(key_end - key_begin);
   std::vector<int64_t> k_off(key_end - key_begin);
   double max_score = -kInf;
@@ -75,14 +73,24 @@ RowResult attend_row(const DecodeArgs& a, int req, int kv_head, int row, int key
   return r;
 }
 
+// exp(lse) / (exp(lse) + exp(sink)): the share of the softmax mass the keys keep next to an
+// attention sink. 1 for a row without keys (lse = -inf there: the output stays 0).
+double sink_factor(double lse, double sink) { return 1.0 / (1.0 + std::exp(sink - lse)); }
+
 // Final output of one row: out 0 and lse +inf when the row saw no key.
 void write_final(const DecodeArgs& a, int req, int kv_head, int row, const RowResult& r) {
   const RowMap rows{a.h_q / a.h_kv};
   const int token = rows.token(row), head = rows.head(kv_head, row);
   const bool empty = r.lse == -kInf;
+  const double factor = a.attn_sink != nullptr && !empty ? sink_factor(r.lse, a.attn_sink[head]) : 1.0;
   const int64_t o = req * a.out_batch_stride + token * a.out_token_stride + head * a.out_head_stride;
-  for (int d = 0; d < kHeadDimV; ++d) store(a.out, o + d, empty ? 0.0 : r.out[d], a.dtype);
-  a.softmax_lse[(int64_t(req) * a.h_q + head) * a.s_q + token] = empty ? INFINITY : float(r.lse);
+  for (int d = 0; d < kHeadDimV; ++d) store(a.out, o + d, empty ? 0.0 : r.out[d] * factor, a.dtype);
+  a.softmax_lse[lse_offset(req, a.h_q, a.s_q, head, token)] = empty ? INFINITY : float(r.lse);
+}
+
+// A request whose splits the plan does not describe: NaN rows, as on the GPU.
+void write_nan(const DecodeArgs& a, int req, int kv_head, int row) {
+  write_final(a, req, kv_head, row, RowResult{std::vector<double>(kHeadDimV, NAN), NAN});
 }
 
 // Log-sum-exp merge of a request's partial results (the combine kernel's math).
@@ -120,27 +128,26 @@ void decode_host(const DecodeArgs& a, void* workspace) {
   float* part_out = reinterpret_cast<float*>(static_cast<char*>(workspace) + ws.out_offset);
   float* part_lse = reinterpret_cast<float*>(static_cast<char*>(workspace) + ws.lse_offset);
   const int rows = int(ws.rows_per_kv_head);
-  auto slot = [&](int split_id, int h, int row) { return (int64_t(split_id) * a.h_kv + h) * rows + row; };
+  auto slot = [&](int split_id, int h, int row) { return partial_slot(split_id, a.h_kv, h, rows, row); };
 
-  // Split-KV phase: every piece of every part, as the GPU kernel's CTAs would.
+  // Split-KV phase: every piece of every part, as the GPU kernel's CTAs would. The plan was
+  // checked against the lengths (validate_host_plan); it is still read through the same
+  // range-safe helpers as on the GPU.
   const auto* plan = reinterpret_cast<const MetadataRow*>(a.tile_scheduler_metadata);
   for (int p = 0; p < a.num_sm_parts; ++p) {
-    const MetadataRow& part = plan[p];
+    const MetadataRow part = sanitize_part(plan[p], a.batch);
     for (int req = part.begin_req; req <= part.end_req; ++req) {
-      const int seqlen = a.cache_seqlens[req];
-      const int b0 = req == part.begin_req ? part.begin_block : 0;
-      const int b1 = req == part.end_req ? part.end_block : sched_blocks(seqlen);
-      const int split = req == part.begin_req ? part.begin_split : 0;
-      const int n_splits = a.num_splits[req + 1] - a.num_splits[req];
-      const int key_begin = b0 * kSchedBlockKeys, key_end = std::min(b1 * kSchedBlockKeys, seqlen);
+      const PieceKeys keys = piece_keys(part, req, a.cache_seqlens[req]);
+      const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
+      if (!splits.has(keys.split)) continue;  // the combine phase writes the request's NaN rows
       for (int h = 0; h < a.h_kv; ++h)
         for (int row = 0; row < rows; ++row) {
-          const RowResult r = attend_row(a, req, h, row, key_begin, key_end);
-          if (n_splits == 1) {
+          const RowResult r = attend_row(a, req, h, row, keys.key_begin, keys.key_end);
+          if (splits.count == 1) {
             write_final(a, req, h, row, r);
             continue;
           }
-          const int64_t s = slot(a.num_splits[req] + split, h, row);
+          const int64_t s = slot(splits.first + keys.split, h, row);
           std::copy(r.out.begin(), r.out.end(), part_out + s * kHeadDimV);  // narrowed to float like the GPU
           part_lse[s] = float(r.lse);
         }
@@ -149,13 +156,17 @@ void decode_host(const DecodeArgs& a, void* workspace) {
 
   // Combine phase.
   for (int req = 0; req < a.batch; ++req) {
-    const int first = a.num_splits[req], n_splits = a.num_splits[req + 1] - first;
-    if (n_splits == 1) continue;
+    const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
+    if (splits.valid && splits.count == 1) continue;
     for (int h = 0; h < a.h_kv; ++h)
       for (int row = 0; row < rows; ++row) {
-        std::vector<RowResult> parts(n_splits);
-        for (int i = 0; i < n_splits; ++i) {
-          const int64_t s = slot(first + i, h, row);
+        if (!splits.valid) {
+          write_nan(a, req, h, row);
+          continue;
+        }
+        std::vector<RowResult> parts(splits.count);
+        for (int i = 0; i < splits.count; ++i) {
+          const int64_t s = slot(splits.first + i, h, row);
           parts[i].out.assign(part_out + s * kHeadDimV, part_out + (s + 1) * kHeadDimV);
           parts[i].lse = part_lse[s];
         }

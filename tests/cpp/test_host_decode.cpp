@@ -328,7 +328,7 @@ TEST(HostDecodeSemantics, CausalChangesNothingForOneQueryToken) {
   }
 }
 
-TEST(HostDecodeSemantics, ZeroSoftmaxScaleMeansOneOverSqrt576) {
+TEST(HostDecodeSemantics, DefaultSoftmaxScaleIsOneOverSqrt576) {
   ProblemSpec spec;
   spec.dtype = DataType::kBFloat16;
   spec.s_q = 2;

@@ -116,7 +116,7 @@ bool AlignedBuffer::guard_intact() const {
 std::string ProblemSpec::describe() const {
   std::ostringstream s;
   s << dtype_name(dtype) << " s_q=" << s_q << " h_q=" << h_q << " h_kv=" << h_kv
-    << " page_size=" << page_size << " causal=" << causal << " scale=" << softmax_scale
+    << " page_size=" << page_size << " causal=" << causal << " scale=" << (softmax_scale ? std::to_string(*softmax_scale) : std::string("default"))
     << " seed=" << seed << " padded=" << padded_strides << " seqlens=" << summarize_seqlens(seqlens);
   return s.str();
 }
@@ -237,7 +237,7 @@ HostProblem make_problem(const ProblemSpec& spec) {
 NaiveResult naive_decode(const HostProblem& p) {
   constexpr int D = flashmla::kHeadDimQK, DV = flashmla::kHeadDimV;
   const ProblemSpec& s = p.spec;
-  const double scale = s.softmax_scale == 0.f ? 1.0 / std::sqrt(double(D)) : double(s.softmax_scale);
+  const double scale = s.softmax_scale ? double(*s.softmax_scale) : 1.0 / std::sqrt(double(D));
   const int group = s.h_q / s.h_kv;
   NaiveResult r;
   r.out.assign(size_t(p.batch) * s.s_q * s.h_q * DV, 0.0);

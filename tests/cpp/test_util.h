@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -77,7 +78,7 @@ struct ProblemSpec {
   int h_kv = 1;
   int page_size = 64;
   bool causal = false;
-  float softmax_scale = 0.f;  // 0: library default 1/sqrt(576)
+  std::optional<float> softmax_scale;  // none: the library default 1/sqrt(576)
   std::vector<int32_t> seqlens;
   uint64_t seed = 1;
   // Pad every stride (q, k_cache, out, block_table) so that stride mix-ups show; padding is

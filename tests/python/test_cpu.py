@@ -69,15 +69,22 @@ def test_zero_seqlens_flag():
           torch.bfloat16)
 
 
-def test_softmax_scale():
+@pytest.mark.parametrize("scale", [0.3, 0.0, -0.2, 1e-30, 3.0])
+def test_softmax_scale_used_as_given(scale):
+    # Any finite value is used as is, as in FlashMLA (0: uniform attention; negative: inverted).
     c = Case(b=2, s_q=2, s_k=70, h_q=4, h_kv=1, varlen=False, causal=False)
-    check(c, torch.bfloat16, softmax_scale=0.3)
-    # None and <= 0 select the default 1/sqrt(576).
-    inp, out_none, lse_none = run(c, torch.bfloat16, None)
+    check(c, torch.bfloat16, softmax_scale=scale)
+
+
+def test_softmax_scale_none_is_one_over_sqrt_576():
+    c = Case(b=2, s_q=2, s_k=70, h_q=4, h_kv=1, varlen=False, causal=False)
+    check(c, torch.bfloat16, softmax_scale=None)
+    _, out_none, lse_none = run(c, torch.bfloat16, None)
     _, out_default, lse_default = run(c, torch.bfloat16, 576 ** -0.5)
-    _, out_zero, lse_zero = run(c, torch.bfloat16, 0.0)
     assert torch.equal(out_none, out_default) and torch.equal(lse_none, lse_default)
-    assert torch.equal(out_none, out_zero) and torch.equal(lse_none, lse_zero)
+    # Scale 0: every key weighs the same, lse = log(70).
+    _, _, lse_zero = run(c, torch.bfloat16, 0.0)
+    assert torch.allclose(lse_zero, torch.full_like(lse_zero, math.log(70)))
 
 
 def test_strided_inputs():
@@ -149,11 +156,16 @@ def test_metadata_shape_independent_of_values():
 
 
 def test_api_signature_matches_flashmla():
+    # FlashMLA's parameters in FlashMLA's order (both API generations), then SGLang's descales.
     import inspect
     p = inspect.signature(flash_mla_with_kvcache).parameters
     assert list(p) == ["q", "k_cache", "block_table", "cache_seqlens", "head_dim_v",
-                       "tile_scheduler_metadata", "num_splits", "softmax_scale", "causal"]
+                       "tile_scheduler_metadata", "num_splits", "softmax_scale", "causal",
+                       "is_fp8_kvcache", "indices", "attn_sink", "extra_k_cache", "extra_indices_in_kvcache",
+                       "topk_length", "extra_topk_length", "descale_q", "descale_k"]
     assert p["softmax_scale"].default is None and p["causal"].default is False
+    assert p["num_splits"].default is None
     assert list(inspect.signature(get_mla_metadata).parameters) == [
-        "cache_seqlens", "num_q_tokens_per_head_k", "num_heads_k"]
+        "cache_seqlens", "num_q_tokens_per_head_k", "num_heads_k", "num_heads_q", "is_fp8_kvcache", "topk",
+        "kwargs"]
     assert math.isclose(flash_mla._DEFAULT_SOFTMAX_SCALE, 1 / math.sqrt(576))
