@@ -61,8 +61,8 @@ struct RowMap {
 
 // Where results go, for the kernels, the combine and the host backend alike.
 // Partial results of split `split_id` (num_splits[req] + split), KV head h, packed row r.
-FLASHMLA_HD int64_t partial_slot(int split_id, int h_kv, int kv_head, int rows_per_kv_head, int row) {
-  return (int64_t(split_id) * h_kv + kv_head) * rows_per_kv_head + row;
+FLASHMLA_HD int64_t partial_slot(int64_t split_id, int h_kv, int kv_head, int rows_per_kv_head, int row) {
+  return (split_id * h_kv + kv_head) * rows_per_kv_head + row;
 }
 // softmax_lse is [batch, h_q, s_q].
 FLASHMLA_HD int64_t lse_offset(int req, int h_q, int s_q, int head, int token) {

@@ -19,15 +19,18 @@ struct TilePiece {
   int split;        // index of this piece among the request's splits
   int split_base;   // num_splits[req]: the request's first workspace split
   int num_splits;   // 1: the piece is the whole request and writes out / lse directly
+  bool writable;    // false when a corrupted plan gives the piece no slot: nothing is written
   FLASHMLA_HD int num_key_blocks(int keys_per_block) const {
     return key_end > key_begin ? (key_end - key_begin + keys_per_block - 1) / keys_per_block : 0;
   }
   FLASHMLA_HD bool final_write() const { return num_splits == 1; }
+  FLASHMLA_HD int64_t workspace_split() const { return int64_t(split_base) + split; }
   // Query token i sees keys < causal_shift() + i (bottom-right aligned causal mask).
   FLASHMLA_HD int causal_shift(int s_q) const { return seqlen - s_q + 1; }
 };
 
-// `last_row_token`: the query token of the tile's last row, which sees the most keys.
+// `part` must come from sanitize_part(). `last_row_token`: the query token of the tile's last
+// row, which sees the most keys.
 FLASHMLA_HD TilePiece tile_piece(const DecodeParams& p, const MetadataRow& part, int req, int last_row_token) {
   TilePiece t;
   t.seqlen = p.cache_seqlens[req];
@@ -40,8 +43,12 @@ FLASHMLA_HD TilePiece tile_piece(const DecodeParams& p, const MetadataRow& part,
     t.key_end = t.key_end < horizon ? t.key_end : horizon;
   }
   t.split = keys.split;
-  t.split_base = p.num_splits[req];
-  t.num_splits = p.num_splits[req + 1] - t.split_base;
+  // Plan entries are trusted only as far as memory safety goes (split_plan.h): a split range
+  // outside the workspace leaves the request to the combine, which writes NaN rows.
+  const SplitRange splits = request_splits(p.num_splits, req, p.max_splits);
+  t.split_base = splits.first;
+  t.num_splits = splits.count;
+  t.writable = t.final_write() || splits.has(t.split);
   return t;
 }
 

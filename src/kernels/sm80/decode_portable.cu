@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   const int my_row[2] = {tile_row0 + row_group * Tr::kRowsPerWarp + lane / 4,
                          tile_row0 + row_group * Tr::kRowsPerWarp + lane / 4 + 8};
 
-  const MetadataRow part = reinterpret_cast<const MetadataRow*>(p.tile_scheduler_metadata)[blockIdx.z];
+  const MetadataRow part =
+      sanitize_part(reinterpret_cast<const MetadataRow*>(p.tile_scheduler_metadata)[blockIdx.z], p.batch);
   const T* const q_base = static_cast<const T*>(p.q);
   const T* const k_base = static_cast<const T*>(p.k_cache);
   constexpr int kThreadsPerKey = Tr::kThreads / Tr::kKeysPerStep;
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     ptx::cp_async_wait<0>();
     const bool poisoned = __syncthreads_or(bad_page || piece.bad_length);
 
-    if (warp_has_rows) {
+    if (warp_has_rows && piece.writable) {
       const bool final_write = piece.final_write();
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
             store_out_pair(out + t * 8, acc_o[t][2 * h] * inv, acc_o[t][2 * h + 1] * inv);
           if (half == 0 && (lane & 3) == 0) p.softmax_lse[lse_offset(req, p.h_q, p.s_q, head, token)] = lse;
         } else {
-          const int64_t slot = partial_slot(piece.split_base + piece.split, p.h_kv, kv_head, p.rows_per_kv_head, row);
+          const int64_t slot = partial_slot(piece.workspace_split(), p.h_kv, kv_head, p.rows_per_kv_head, row);
           float* out = p.partial_out + slot * kHeadDimV + col0;
 #pragma unroll
           for (int t = 0; t < Tr::kOutTilesPerWarp; ++t)

@@ -166,6 +166,7 @@ __device__ void store_output(const DecodeParams& p, const TilePiece& piece, int 
                              const float* lse /* null: not this warpgroup's job */) {
   const int lane = threadIdx.x % 32;
   const RowMap rows{p.q_heads_per_kv};
+  if (!piece.writable) return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r_lo + 8 * h;
@@ -180,7 +181,7 @@ __device__ void store_output(const DecodeParams& p, const TilePiece& piece, int 
         *reinterpret_cast<uint32_t*>(dst + 8 * j) = ptx::pack2<T>(o[4 * j + 2 * h] * inv[h], o[4 * j + 2 * h + 1] * inv[h]);
       if (lse != nullptr && lane % 4 == 0) p.softmax_lse[lse_offset(req, p.h_q, p.s_q, head, token)] = lse[h];
     } else {
-      const int64_t slot = partial_slot(piece.split_base + piece.split, p.h_kv, kv_head, p.rows_per_kv_head, row);
+      const int64_t slot = partial_slot(piece.workspace_split(), p.h_kv, kv_head, p.rows_per_kv_head, row);
       float* dst = p.partial_out + slot * kHeadDimV + col;
 #pragma unroll
       for (int j = 0; j < 32; ++j)
@@ -395,7 +396,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
   const int kv_head = blockIdx.y;
   const int tile_row0 = blockIdx.x * Tr::kBlockM;
   const int tile_rows = min(Tr::kBlockM, p.rows_per_kv_head - tile_row0);
-  const MetadataRow part = reinterpret_cast<const MetadataRow*>(p.tile_scheduler_metadata)[blockIdx.z];
+  const MetadataRow part =
+      sanitize_part(reinterpret_cast<const MetadataRow*>(p.tile_scheduler_metadata)[blockIdx.z], p.batch);
   const int warpgroup = threadIdx.x / 128;
 
   if (warpgroup == 2) {
