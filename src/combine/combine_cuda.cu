@@ -109,6 +109,9 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
   float4 acc[kColsPerLane / 4] = {};
   if (!empty) {
     const float inv_sum = 1.f / sum;
+    // Unrolled so the loads of several partials are in flight at once: with many splits
+    // (a long request over many SMs) one split per round trip made this loop latency-bound.
+#pragma unroll 4
     for (int i = 0; i < n_splits; ++i) {
       const float w = expf(p.partial_lse[slot(i)] - max_lse) * inv_sum;
       const float4* src = reinterpret_cast<const float4*>(p.partial_out + slot(i) * kHeadDimV);

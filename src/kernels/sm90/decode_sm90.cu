@@ -54,7 +54,9 @@ struct Smem {
   __device__ float* row_scale() const { return reinterpret_cast<float*>(base + Tr::kRowScaleOffset); }
   __device__ float* row_inv() const { return reinterpret_cast<float*>(base + Tr::kRowInvOffset); }
   __device__ volatile int* stage_bad() const { return reinterpret_cast<volatile int*>(base + Tr::kStageBadOffset); }
-  __device__ uint32_t full_bar(int s) const { return smem_addr(base + Tr::kFullBarOffset + 8 * s); }
+  __device__ uint32_t full_bar(int s, int box) const {
+    return smem_addr(base + Tr::kFullBarOffset + 8 * (s * Tr::kBoxesQK + box));
+  }
   __device__ uint32_t empty_bar(int s) const { return smem_addr(base + Tr::kEmptyBarOffset + 8 * s); }
 };
 
@@ -118,17 +120,19 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
       mbar_wait(sm.empty_bar(slot.stage), slot.parity ^ 1);  // a fresh barrier passes parity 1
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
-      sm.stage_bad()[slot.stage] = page < 0;  // published by the arrive below (release)
-      if (page < 0) {
-        mbar_arrive(sm.full_bar(slot.stage));
-        continue;
-      }
-      mbar_arrive_expect_tx(sm.full_bar(slot.stage), Tr::kTileBytes);
+      sm.stage_bad()[slot.stage] = page < 0;  // published by the arrives below (release)
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
 #pragma unroll
-      for (int box = 0; box < Tr::kBoxesQK; ++box)
-        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, sm.full_bar(slot.stage), box * Tr::kBoxCols, kv_head,
-                    int(key0 % p.page_size), page, l2_policy);
+      for (int box = 0; box < Tr::kBoxesQK; ++box) {
+        const uint32_t full = sm.full_bar(slot.stage, box);
+        if (page < 0) {  // nothing to load: the stage keeps stale data, the request becomes NaN
+          mbar_arrive(full);
+          continue;
+        }
+        mbar_arrive_expect_tx(full, Tr::kBoxBytes);
+        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, full, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size),
+                    page, l2_policy);
+      }
     }
   }
 }
@@ -246,15 +250,17 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       const RingSlot slot(block_counter);
       uint8_t* const stage = sm.k_stage(slot.stage);
-      mbar_wait(sm.full_bar(slot.stage), slot.parity);
-      poisoned |= sm.stage_bad()[slot.stage] != 0;
-
       float s[32];
       wgmma_fence();
 #pragma unroll
-      for (int k16 = 0; k16 < kHeadDimQK; k16 += 16)
-        wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
+      for (int box = 0; box < Tr::kBoxesQK; ++box) {
+        mbar_wait(sm.full_bar(slot.stage, box), slot.parity);  // earlier boxes' wgmma already run
+#pragma unroll
+        for (int k16 = box * Tr::kBoxCols; k16 < (box + 1) * Tr::kBoxCols; k16 += 16)
+          wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
+      }
       wgmma_commit();
+      poisoned |= sm.stage_bad()[slot.stage] != 0;
       wgmma_wait<0>();
       fence_operands(s);
 
@@ -365,7 +371,9 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       const RingSlot slot(block_counter);
       named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
-      mbar_wait(sm.full_bar(slot.stage), slot.parity);  // makes the TMA writes visible here too
+      // Makes the TMA writes of this warpgroup's V boxes visible here too.
+      for (int box = 0; box < Tr::kBoxesPerConsumerV; ++box)
+        mbar_wait(sm.full_bar(slot.stage, Tr::kBoxesPerConsumerV + box), slot.parity);
       const float rescale[2] = {sm.row_scale()[r_lo], sm.row_scale()[r_lo + 8]};
       rescale_accumulator(o, rescale);
       pv_gemm<T>(o, sm, sm.k_stage(slot.stage), 1);
@@ -386,7 +394,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
   const DecodeParams& p = sp.p;
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tr::kStages; ++s) {
-      mbar_init(sm.full_bar(s), 1);                         // the producer's arrive (+ TMA bytes)
+      for (int box = 0; box < Tr::kBoxesQK; ++box) mbar_init(sm.full_bar(s, box), 1);  // producer arrive + TMA bytes
       mbar_init(sm.empty_bar(s), Tr::kConsumerThreads / 32);  // every consumer warp
     }
     mbar_fence_init();

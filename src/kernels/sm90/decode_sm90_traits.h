@@ -43,11 +43,13 @@ struct Sm90Traits {
   static constexpr int kRowScaleOffset = kPOffset + kBoxBytes;      // float[64] per block
   static constexpr int kRowInvOffset = kRowScaleOffset + kBlockM * 4;  // float[64]: 1 / row sum
   static constexpr int kStageBadOffset = kRowInvOffset + kBlockM * 4;  // int[kStages]: bad page
-  static constexpr int kFullBarOffset = kStageBadOffset + 8 * kStages;  // uint64[kStages]
-  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages;  // uint64[kStages]
+  // One "full" barrier per box of each stage, so S starts on the first box that lands.
+  static constexpr int kFullBarOffset = kStageBadOffset + 8 * kStages;  // uint64[kStages][kBoxesQK]
+  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages * kBoxesQK;  // uint64[kStages]
   static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages;
   // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
   static constexpr int kSmemBytes = kSmemUsed + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM: at most 227 KB of shared memory on sm_90");
 
   // Named barriers (0 is __syncthreads).
   static constexpr int kBarPReady = 1;  // WG0 wrote P and the row scales; both consumers sync
