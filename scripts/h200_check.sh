@@ -4,9 +4,10 @@
 # ./h200_out). Stages (default: all but bench):
 #   sass     register/spill report and the instructions of the Hopper kernel (HGMMA, UTMALDG)
 #   quick    the quick C++ GPU cases on the Hopper kernel (stops everything if they fail)
-#   ctest    the C++ GPU suite on each kernel (FLASHMLA_KERNEL=sm90, then portable)
-#   sanitize compute-sanitizer memcheck/racecheck/synccheck on the quick cases, both kernels
-#   pytest   builds + installs flash_mla (sm_90a only) and runs tests/python on the GPU
+#   ctest    the C++ GPU suites (decode + robustness) on each kernel (FLASHMLA_KERNEL=sm90, portable)
+#   sanitize compute-sanitizer memcheck/racecheck on the quick cases and memcheck on the
+#            robustness cases, for the kernels in $SANITIZE_KERNELS (default: sm90 portable)
+#   pytest   builds + installs flash_mla (sm_90a only) and runs $PYTEST_FILES (default tests/python)
 #   bench    the benchmark (extra arguments after --, e.g. -- --grid upstream --quick)
 # Usage: bash scripts/h200_check.sh [stage ...] [-- bench args]
 # Expects build/release built here or there (cmake --preset release && cmake --build --preset release).
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#stages[@]} -eq 0 ] && stages=(sass quick ctest sanitize pytest)
 gpu_tests=build/release/tests/cpp/flashmla_gpu_tests
+robust_tests=build/release/tests/cpp/flashmla_gpu_robustness_tests
 sm90_obj=build/release/CMakeFiles/flashmla_sm90.dir/src/kernels/sm90/decode_sm90.cu.o
 log="$out/summary.txt"
 note() { echo "== $*" | tee -a "$log"; }
@@ -41,19 +43,22 @@ for stage in "${stages[@]}"; do
       ;;
     ctest)
       for k in sm90 portable; do
-        note "C++ GPU suite, FLASHMLA_KERNEL=$k"
-        FLASHMLA_KERNEL=$k timeout 300 "$gpu_tests" 2>&1 > "$out/gtest_$k.txt"
-        echo "rc=$?" | tee -a "$log"
-        grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$out/gtest_$k.txt" | head -30 | tee -a "$log"
+        note "C++ GPU suites, FLASHMLA_KERNEL=$k"
+        { FLASHMLA_KERNEL=$k timeout 300 "$gpu_tests"; echo "rc=$?"; FLASHMLA_KERNEL=$k timeout 120 "$robust_tests"; \
+          echo "rc=$?"; } > "$out/gtest_$k.txt" 2>&1
+        grep -E "^rc=|^\[  (PASSED|FAILED|SKIPPED) " "$out/gtest_$k.txt" | head -30 | tee -a "$log"
       done
       ;;
     sanitize)
-      for k in sm90 portable; do
-        for tool in memcheck racecheck synccheck; do
-          note "compute-sanitizer $tool, FLASHMLA_KERNEL=$k"
+      for k in ${SANITIZE_KERNELS:-sm90 portable}; do
+        for tool in memcheck racecheck; do
+          note "compute-sanitizer $tool GpuQuick, FLASHMLA_KERNEL=$k"
           FLASHMLA_KERNEL=$k timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 \
             "$gpu_tests" --gtest_filter='GpuQuick.*' 2>&1 | tail -4 | tee -a "$log"
         done
+        note "compute-sanitizer memcheck GpuRobustness, FLASHMLA_KERNEL=$k"
+        FLASHMLA_KERNEL=$k timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 \
+          "$robust_tests" 2>&1 | tail -4 | tee -a "$log"
       done
       ;;
     pytest)
@@ -61,7 +66,8 @@ for stage in "${stages[@]}"; do
       python3 -m pip install --no-build-isolation -q . -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
         > "$out/pip.txt" 2>&1 || { tail -30 "$out/pip.txt" | tee -a "$log"; exit 1; }
       note "pytest tests/python (GPU)"
-      timeout 420 python3 -m pytest tests/python -q -x 2>&1 | tail -40 | tee -a "$log"
+      # shellcheck disable=SC2086  # PYTEST_FILES is a list
+      timeout "${PYTEST_TIMEOUT:-420}" python3 -m pytest ${PYTEST_FILES:-tests/python} -q -x -rs 2>&1 | tail -40 | tee -a "$log"
       ;;
     bench)
       note "bench ${bench_args[*]}"

@@ -210,16 +210,14 @@ __device__ __forceinline__ void rescale_accumulator(float (&o)[128], const float
   }
 }
 
-// O[:, 256 half, +256) += P V over the 64 keys of `stage`.
+// O[:, 256 half, +256) += P V over the 64 keys of `stage`, as one wgmma commit group.
 template <typename T>
-__device__ __forceinline__ void pv_gemm(float (&o)[128], const Smem& sm, const uint8_t* stage, int half) {
+__device__ __forceinline__ void issue_pv(float (&o)[128], const Smem& sm, const uint8_t* stage, int half) {
   wgmma_fence();
 #pragma unroll
   for (int k16 = 0; k16 < Tr::kBlockN; k16 += 16)
     wgmma_m64n256k16_ss_tb<T>(o, kmajor_desc(sm.p_tile(), k16), v_desc(stage, half, k16), true);
   wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(o);
 }
 
 // Warpgroup 0: scores, softmax, P, and the left half of the output.
@@ -247,10 +245,10 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       key_limit[h] = p.causal ? min(piece.key_end, piece.causal_shift(p.s_q) + row_token[h]) : piece.key_end;
     bool poisoned = piece.bad_length;
 
-    for (int n = 0; n < blocks; ++n, ++block_counter) {
-      const RingSlot slot(block_counter);
-      uint8_t* const stage = sm.k_stage(slot.stage);
-      float s[32];
+    // S = Q K^T of the block in `slot`, issued box by box as the boxes land (a commit group).
+    float s[32];
+    auto issue_scores = [&](const RingSlot& slot) {
+      const uint8_t* stage = sm.k_stage(slot.stage);
       wgmma_fence();
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
@@ -260,9 +258,19 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
           wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
       }
       wgmma_commit();
-      poisoned |= sm.stage_bad()[slot.stage] != 0;
+    };
+    if (blocks > 0) issue_scores(RingSlot(block_counter));
+
+    for (int n = 0; n < blocks; ++n, ++block_counter) {
+      const RingSlot slot(block_counter);
+      uint8_t* const stage = sm.k_stage(slot.stage);
+      // In flight: P V of the previous block, then S of this one (issued behind it).
+      wgmma_wait<1>();
+      fence_operands(o);
+      if (n > 0 && lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
       wgmma_wait<0>();
       fence_operands(s);
+      poisoned |= sm.stage_bad()[slot.stage] != 0;
 
       // s[4j + 2h + e]: row r_lo + 8h, key key0 + 8j + 2 (lane % 4) + e.
       const int key0 = piece.key_begin + n * Tr::kBlockN;
@@ -324,8 +332,14 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
 
       rescale_accumulator(o, rescale);
-      pv_gemm<T>(o, sm, stage, 0);
-      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      issue_pv<T>(o, sm, stage, 0);
+      // The next block's S runs on the tensor cores right behind this P V.
+      if (n + 1 < blocks) issue_scores(RingSlot(block_counter + 1));
+    }
+    if (blocks > 0) {
+      wgmma_wait<0>();
+      fence_operands(o);
+      if (lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
     }
 
     // Normalize: 1 / row sum and the lse (natural log); a row with no key gets out 0 and
@@ -376,7 +390,9 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
         mbar_wait(sm.full_bar(slot.stage, Tr::kBoxesPerConsumerV + box), slot.parity);
       const float rescale[2] = {sm.row_scale()[r_lo], sm.row_scale()[r_lo + 8]};
       rescale_accumulator(o, rescale);
-      pv_gemm<T>(o, sm, sm.k_stage(slot.stage), 1);
+      issue_pv<T>(o, sm, sm.k_stage(slot.stage), 1);
+      wgmma_wait<0>();
+      fence_operands(o);
       if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
       named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);
     }
