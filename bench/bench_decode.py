@@ -360,7 +360,8 @@ def main():
     p.add_argument("--json", default="bench_results.json", help="where to write all results")
     p.add_argument("--kernel-times", action="store_true",
                    help="also time each kernel of a call (torch.profiler, eager calls)")
-    p.add_argument("--plot-dir", help="write the sweep plots (bench/plot.py) into this folder at the end")
+    p.add_argument("--plot-dir", help="where to write the sweep plots (bench/plot.py) at the end "
+                   "(default: bench_plots when the grid has sweeps; 'none': no plots)")
     args = p.parse_args()
 
     try:
@@ -443,13 +444,17 @@ def main():
             if r.get("kernel_us"):
                 parts = ", ".join(f"{name[:60]} {t:.1f}" for name, t in r["kernel_us"].items())
                 print(f"  {r['grid']} b={r['b']} s_q={r['s_q']} h_q={r['h_q']} seqlen~{r['seqlen']}: {parts}")
-    if args.plot_dir:
+    plot_dir = args.plot_dir or ("bench_plots" if args.grid in ("seqlen-sweep", "batch-sweep", "sweeps",
+                                                                 "everything") else None)
+    if plot_dir and plot_dir != "none":
         try:
             import plot
-            for path in plot.plot_files([args.json], args.plot_dir):
+            for path in plot.plot_files([args.json], plot_dir):
                 print(f"plot: {path}", file=sys.stderr)
         except ImportError as e:
             print(f"no plots ({e}): pip install matplotlib, then python bench/plot.py {args.json}", file=sys.stderr)
+        except Exception as e:  # the results are saved: a plotting problem must not fail the run
+            print(f"plotting failed ({type(e).__name__}: {e}); try python bench/plot.py {args.json}", file=sys.stderr)
     return 1 if failed or len(results) < len(cases) else 0
 
 
