@@ -250,13 +250,14 @@ def run_case(c, args, flash_mla, dtype, ceil, clock, target, budget):
     torch.cuda.synchronize()
     mhz, _ = clock.between(t0, time.perf_counter())
     replay_us = [s.elapsed_time(e) * 1e3 / n_calls for s, e in events]
-    del graph, sets
+    del graph
+    kernels = kernel_times(call, n_sets) if args.kernel_times else None
+    del sets
 
     us = statistics.median(replay_us)
     flop, nbytes = flashmla_counts(c, mean, elem)
     gbps, tflops = nbytes / us / 1e3, flop / us / 1e6
     ref_us = anchor_us(c)
-    kernels = kernel_times(call, n_sets) if args.kernel_times else None
     return {
         **dataclasses.asdict(c), "mean_seqlen": mean, "max_seqlen": max(seqlens),
         "n_sets": n_sets, "n_calls": n_calls, "set_mb": set_bytes(c, seqlens, elem) / 1e6,
