@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
 """Decode benchmark of flash_mla: the whole call, timed with CUDA graphs over a cold L2.
 
-    python bench/bench_decode.py [--grid upstream|serving|all] [--dtype bf16|fp16] [--quick]
-                                 [--repeats 10] [--json bench_results.json]
+    python bench/bench_decode.py [--grid GRID] [--dtype bf16|fp16] [--quick] [--repeats 10]
+                                 [--json bench_results.json] [--kernel-times] [--plot-dir DIR]
 
 Grids (h_kv = 1, varlen, causal, 64-token pages):
-  upstream  FlashMLA's own grid: b = 128, s_q 1|2, h_q 16|32|64|128, mean seqlen 4096..32768
-  serving   b 1|4|16|64, s_q 1|2, h_q 16|128, mean seqlen 512|2048|8192
+  upstream      FlashMLA's own grid: b = 128, s_q 1|2, h_q 16|32|64|128, mean seqlen 4096..32768
+  serving       b 1|4|16|64, s_q 1|2, h_q 16|128, mean seqlen 512|2048|8192
+  all           upstream + serving
+  seqlen-sweep  s_q 1, h_q 16|128, b 128|8, mean seqlen 1K, 2K, 4K, ..., 128K
+  batch-sweep   s_q 1, h_q 16|128, mean seqlen 8K, b 1, 2, 4, ..., 256
+  sweeps        seqlen-sweep + batch-sweep (plots: bench/plot.py, or --plot-dir)
+  everything    all + sweeps
+Sweep configs that coincide with a grid's (same b, s_q, h_q, nominal seqlen: the same seqlens
+are drawn) carry FlashMLA's figure too.
+
+The kernel: FLASHMLA_KERNEL=portable forces the portable sm_80 kernel (default auto: the Hopper
+kernel on H100/H200 where it can run); the value is recorded in the JSON ("kernel_env").
+--kernel-times adds, per config, the GPU time of each kernel one call launches (torch.profiler
+over eager calls, µs per call), which also names the kernels that ran.
 
 Method (the one behind FlashMLA's figures in anchors.py, so the two compare):
 - Data: q, k ~ randn/10 clamped to [-1, 1]; seqlens max(N(mean, mean/2), s_q), drawn from seed 0
@@ -17,6 +29,10 @@ Method (the one behind FlashMLA's figures in anchors.py, so the two compare):
   flash_mla_with_kvcache (every kernel it launches) rotating over input sets (q, k_cache,
   block_table) that together exceed 2x L2, so no call finds its inputs in L2. Two warm replays,
   then the median of `--repeats` replays (CUDA events) divided by N.
+- Memory: at least 2 input sets (more when small), together at most min(48 GB, half the free GPU
+  memory). The largest config, b = 128 x 128K keys, is 19 GB per set: 2 sets, 39 GB. Where two
+  sets do not fit that budget, 1 set (far larger than L2: a call's first pages are long gone
+  from L2 when the next call starts, so it still reads cold); "n_sets" in the JSON says which.
 - Output of one eager call on the first set checked against a float64 reference on a few requests
   (FlashMLA's tolerances); the SM clock is sampled during the timed replays.
 - Counts as FlashMLA: FLOP = 2 b h_q s_q mean_seqlen (576 + 512);
@@ -58,19 +74,39 @@ class Config:
     h_kv: int = 1
 
 
+SEQLEN_SWEEP = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GRIDS = ("upstream", "serving", "all", "seqlen-sweep", "batch-sweep", "sweeps", "everything")
+
 QUICK = {("upstream", 128, 1, 16, 4096), ("upstream", 128, 1, 128, 8192), ("upstream", 128, 2, 128, 32768),
-         ("serving", 1, 1, 16, 512), ("serving", 16, 1, 128, 2048), ("serving", 64, 2, 128, 8192)}
+         ("serving", 1, 1, 16, 512), ("serving", 16, 1, 128, 2048), ("serving", 64, 2, 128, 8192),
+         ("seqlen-sweep", 128, 1, 16, 1024), ("seqlen-sweep", 8, 1, 128, 131072), ("seqlen-sweep", 128, 1, 16, 131072),
+         ("batch-sweep", 1, 1, 16, 8192), ("batch-sweep", 256, 1, 128, 8192)}
 
 
 def configs(grid, quick):
     cases = []
-    if grid in ("upstream", "all"):
+    if grid in ("upstream", "all", "everything"):
         cases += [Config("upstream", 128, s_q, h_q, n)
                   for s_q in (1, 2) for h_q in (16, 32, 64, 128) for n in (4096, 8192, 16384, 32768)]
-    if grid in ("serving", "all"):
+    if grid in ("serving", "all", "everything"):
         cases += [Config("serving", b, s_q, h_q, n)
                   for b in (1, 4, 16, 64) for s_q in (1, 2) for h_q in (16, 128) for n in (512, 2048, 8192)]
+    if grid in ("seqlen-sweep", "sweeps", "everything"):
+        cases += [Config("seqlen-sweep", b, 1, h_q, n) for b in (128, 8) for h_q in (16, 128) for n in SEQLEN_SWEEP]
+    if grid in ("batch-sweep", "sweeps", "everything"):
+        cases += [Config("batch-sweep", b, 1, h_q, 8192) for h_q in (16, 128) for b in BATCH_SWEEP]
     return [c for c in cases if not quick or (c.grid, c.b, c.s_q, c.h_q, c.seqlen) in QUICK]
+
+
+def anchor_us(c):
+    """FlashMLA's best µs for this config's (b, s_q, h_q, nominal seqlen) in any grid: the seqlens
+    drawn depend on b and the nominal mean only, so a sweep config can match a grid config."""
+    for grid in ("upstream", "serving"):
+        us = flashmla_best_us(grid, c.b, c.s_q, c.h_q, c.seqlen)
+        if us:
+            return us
+    return None
 
 
 def draw_seqlens(c):
@@ -214,12 +250,14 @@ def run_case(c, args, flash_mla, dtype, ceil, clock, target, budget):
     torch.cuda.synchronize()
     mhz, _ = clock.between(t0, time.perf_counter())
     replay_us = [s.elapsed_time(e) * 1e3 / n_calls for s, e in events]
-    del graph, sets
+    del graph
+    kernels = kernel_times(call, n_sets) if args.kernel_times else None
+    del sets
 
     us = statistics.median(replay_us)
     flop, nbytes = flashmla_counts(c, mean, elem)
     gbps, tflops = nbytes / us / 1e3, flop / us / 1e6
-    ref_us = flashmla_best_us(c.grid, c.b, c.s_q, c.h_q, c.seqlen)
+    ref_us = anchor_us(c)
     return {
         **dataclasses.asdict(c), "mean_seqlen": mean, "max_seqlen": max(seqlens),
         "n_sets": n_sets, "n_calls": n_calls, "set_mb": set_bytes(c, seqlens, elem) / 1e6,
@@ -227,7 +265,29 @@ def run_case(c, args, flash_mla, dtype, ceil, clock, target, budget):
         "frac_read": gbps / 1e3 / ceil["read_tbps"], "frac_copy": gbps / 1e3 / ceil["copy_tbps"],
         "frac_gemm": tflops / ceil["gemm_tflops"], "sm_mhz": mhz,
         "flashmla_us": ref_us, "speedup": ref_us / us if ref_us else None, "check": verdict,
+        **({"kernel_us": kernels} if kernels is not None else {}),
     }
+
+
+def kernel_times(call, n_sets, calls=20):
+    """GPU µs per call of each kernel one call launches: torch.profiler over `calls` eager calls
+    rotating over the input sets (after one warm-up call). {kernel name: µs per call}."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    call(0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            call(i % n_sets)
+        torch.cuda.synchronize()
+    times = {}
+    for evt in prof.key_averages():
+        total = getattr(evt, "device_time_total", None)
+        if total is None:
+            total = getattr(evt, "cuda_time_total", 0)
+        if total > 0 and getattr(evt, "device_type", None) is not None and "CUDA" in str(evt.device_type):
+            times[evt.key] = total / calls
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -293,12 +353,16 @@ def git_commit():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", choices=["upstream", "serving", "all"], default="all")
+    p.add_argument("--grid", choices=GRIDS, default="all")
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     p.add_argument("--quick", action="store_true", help="a few configs of each grid")
     p.add_argument("--repeats", type=int, default=10, help="timed graph replays per case (median)")
     p.add_argument("--gemm-seconds", type=float, default=2.0, help="duration of the sustained GEMM ceiling")
     p.add_argument("--json", default="bench_results.json", help="where to write all results")
+    p.add_argument("--kernel-times", action="store_true",
+                   help="also time each kernel of a call (torch.profiler, eager calls)")
+    p.add_argument("--plot-dir", help="where to write the sweep plots (bench/plot.py) at the end "
+                   "(default: bench_plots when the grid has sweeps; 'none': no plots)")
     args = p.parse_args()
 
     try:
@@ -335,6 +399,7 @@ def main():
             "flash_mla": getattr(flash_mla, "__version__", None), "git_commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "dtype": args.dtype, "repeats": args.repeats, "min_calls": MIN_CALLS,
+            "kernel_env": os.environ.get("FLASHMLA_KERNEL", "auto") or "auto",
             "set_target_bytes": target, "set_budget_bytes": budget,
             "flashmla_reference": "FlashMLA best whole-call µs on an H200, bf16 (bench/anchors.py)"}
 
@@ -356,7 +421,7 @@ def main():
             r = run_case(c, args, flash_mla, dtype, ceil, clock, target, budget)
         except Exception as e:  # report the case, go on unless the CUDA context is gone
             msg = (str(e).splitlines() or [""])[0][:200].replace("|", "/")
-            r = {**dataclasses.asdict(c), "flashmla_us": flashmla_best_us(c.grid, c.b, c.s_q, c.h_q, c.seqlen),
+            r = {**dataclasses.asdict(c), "flashmla_us": anchor_us(c),
                  "check": f"ERROR: {type(e).__name__}: {msg}"}
         failed |= r["check"] != "ok"
         results.append(r)
@@ -374,6 +439,23 @@ def main():
 
     print("\n" + markdown(results, ceil, meta))
     print(f"\n{len(results)} cases in {time.time() - t_start:.0f} s; results in {args.json}", file=sys.stderr)
+    if args.kernel_times:
+        print("\nGPU µs per call of each kernel (torch.profiler, eager calls):")
+        for r in results:
+            if r.get("kernel_us"):
+                parts = ", ".join(f"{name[:60]} {t:.1f}" for name, t in r["kernel_us"].items())
+                print(f"  {r['grid']} b={r['b']} s_q={r['s_q']} h_q={r['h_q']} seqlen~{r['seqlen']}: {parts}")
+    plot_dir = args.plot_dir or ("bench_plots" if args.grid in ("seqlen-sweep", "batch-sweep", "sweeps",
+                                                                 "everything") else None)
+    if plot_dir and plot_dir != "none":
+        try:
+            import plot
+            for path in plot.plot_files([args.json], plot_dir):
+                print(f"plot: {path}", file=sys.stderr)
+        except ImportError as e:
+            print(f"no plots ({e}): pip install matplotlib, then python bench/plot.py {args.json}", file=sys.stderr)
+        except Exception as e:  # the results are saved: a plotting problem must not fail the run
+            print(f"plotting failed ({type(e).__name__}: {e}); try python bench/plot.py {args.json}", file=sys.stderr)
     return 1 if failed or len(results) < len(cases) else 0
 
 

@@ -2,9 +2,14 @@
 # The main job: build and install flash_mla from this checkout, then run the decode benchmark.
 #
 #   scripts/bench.sh [bench_decode.py options]      e.g. scripts/bench.sh --grid upstream --quick
+#   scripts/bench.sh --grid sweeps                  seqlen and batch sweeps + their plots (bench_plots/)
+#   scripts/bench.sh --grid everything              both grids and both sweeps
+#   FLASHMLA_KERNEL=portable scripts/bench.sh ...   the portable kernel (default: auto, the best one)
 #
 # Needs an NVIDIA GPU (sm_80+) and a Python with torch; prints a markdown table for
-# docs/BENCHMARKS.md and writes all numbers to bench_results.json (see --help).
+# docs/BENCHMARKS.md and writes all numbers to bench_results.json (see --help). Sweeps are also
+# plotted (bench/plot.py, needs matplotlib) into --plot-dir, default bench_plots/; to draw two
+# runs on the same axes: python bench/plot.py auto.json portable.json --out DIR.
 #   PYTHON=...                  the Python to use (default: python)
 #   FLASHMLA_SKIP_INSTALL=1     reuse the installed flash_mla instead of building this checkout
 #   FLASHMLA_PIP_ARGS="..."     extra pip arguments, e.g. -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real

@@ -3,13 +3,22 @@ GPU, plus s_q up to 8, CUDA graphs, torch.compile, and GPU/CPU metadata agreemen
 
 Skipped without a CUDA device. The grid runs many cases per pytest test (parametrized over
 dtype and batch size only) and reports every failing case at the end.
+
+Every decode test runs on each split-KV kernel of mla_testing.kernels_under_test(): on an
+H100/H200 the Hopper kernel (FLASHMLA_KERNEL=sm90, forced, so a silent fallback cannot pass for
+it) and the portable one (FLASHMLA_KERNEL=portable); elsewhere the device's default. The case
+loops (grid, s_q, page sizes) make each case's inputs and float64 reference once and run every
+kernel on them; the other tests are parametrized by the `kernel` fixture. The whole 2336-case
+grid runs on both kernels. FLASHMLA_TEST_KERNELS=auto,portable (say) picks other values.
 """
 
 import pytest
 import torch
 
 from flash_mla import flash_mla_with_kvcache, get_mla_metadata
-from mla_testing import Case, Inputs, check_outputs, make_inputs, reference
+import mla_testing
+from mla_testing import (KERNEL_ENV, Case, Inputs, check_outputs, kernel_env, kernel_for, kernels_under_test,
+                         make_inputs, reference)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device: GPU tests need torch.cuda.is_available()")
@@ -36,29 +45,63 @@ assert len(HEADS) == 16
 assert NUM_GRID_CASES == 2336, NUM_GRID_CASES  # per dtype, as in FlashMLA's test
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = kernels_under_test()
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """Runs the test with FLASHMLA_KERNEL set to each kernel under test (64-token pages)."""
+    monkeypatch.setenv(KERNEL_ENV, kernel_for(request.param, 64))
+    return request.param
 
 
 def poison_allocator(*nbytes):
-    """Leaves 0xFF bytes (NaN in bf16/fp16/fp32) in free blocks of the caching allocator of the
-    sizes the op will allocate (out, lse; a large one for the workspace), so anything the
-    kernels fail to write shows up as NaN."""
-    blocks = [torch.empty(n, dtype=torch.uint8, device="cuda").fill_(0xFF) for n in (*nbytes, 64 << 20)]
-    del blocks
+    mla_testing.poison_allocator("cuda", *nbytes)
+
+
+def decode(inp: Inputs, c: Case, dtype, softmax_scale=None):
+    """One flash_mla_with_kvcache call on inp (metadata included), outputs NaN-poisoned first."""
+    meta, splits = get_mla_metadata(inp.cache_seqlens, c.s_q * c.h_q // c.h_kv, c.h_kv)
+    poison_allocator(c.b * c.s_q * c.h_q * 512 * dtype.itemsize, c.b * c.h_q * c.s_q * 4)
+    return flash_mla_with_kvcache(inp.q, inp.blocked_k, inp.block_table, inp.cache_seqlens, 512,
+                                  meta, splits, softmax_scale=softmax_scale, causal=c.causal)
 
 
 def run_case(c: Case, dtype, softmax_scale=None):
+    """Inputs and outputs of case c on the kernel FLASHMLA_KERNEL selects now."""
     inp = make_inputs(c, dtype, "cuda")
-    meta, splits = get_mla_metadata(inp.cache_seqlens, c.s_q * c.h_q // c.h_kv, c.h_kv)
-    poison_allocator(c.b * c.s_q * c.h_q * 512 * dtype.itemsize, c.b * c.h_q * c.s_q * 4)
-    out, lse = flash_mla_with_kvcache(inp.q, inp.blocked_k, inp.block_table, inp.cache_seqlens, 512,
-                                      meta, splits, softmax_scale=softmax_scale, causal=c.causal)
+    out, lse = decode(inp, c, dtype, softmax_scale)
     return inp, out, lse
 
 
-def check_case(c: Case, dtype, softmax_scale=None):
-    inp, out, lse = run_case(c, dtype, softmax_scale)
+def check_case(c: Case, dtype, softmax_scale=None, kernels=None):
+    """Case c on every kernel (one set of inputs, one reference): [(kernel, error message)] of
+    the kernels whose output is off (empty if all pass)."""
+    inp = make_inputs(c, dtype, "cuda")
     out_ref, lse_ref = reference(inp, c.causal, softmax_scale)
-    return check_outputs(out, lse, out_ref, lse_ref)
+    errors = []
+    for k in kernels or KERNELS:
+        with kernel_env(k, c.page_size):
+            out, lse = decode(inp, c, dtype, softmax_scale)
+        err = check_outputs(out, lse, out_ref, lse_ref)
+        if err is not None:
+            errors.append((k, err))
+    return errors
+
+
+def run_cases(cases, dtype, softmax_scale=None):
+    """check_case on each case: (failure lines, passed count per kernel)."""
+    failures, passed = [], {k: 0 for k in KERNELS}
+    for c in cases:
+        errors = check_case(c, dtype, softmax_scale)
+        failures += [f"[{k}] {c}: {err}" for k, err in errors]
+        for k in KERNELS:
+            passed[k] += all(k != kk for kk, _ in errors)
+    return failures, passed
+
+
+def passed_line(passed, n):
+    return ", ".join(f"{k} {p}/{n}" for k, p in passed.items())
 
 
 @pytest.mark.parametrize("group", list(GRID), ids=[f"b{k}" for k in GRID])
@@ -66,43 +109,31 @@ def check_case(c: Case, dtype, softmax_scale=None):
 @torch.inference_mode()
 def test_flashmla_grid(dtype, group):
     cases = GRID[group]
-    failures = []
-    for c in cases:
-        err = check_case(c, DTYPES[dtype])
-        if err is not None:
-            failures.append(f"{c}: {err}")
-    passed = len(cases) - len(failures)
-    print(f"\n[{dtype} b={group}] {passed}/{len(cases)} cases passed "
+    failures, passed = run_cases(cases, DTYPES[dtype])
+    print(f"\n[{dtype} b={group}] cases passed: {passed_line(passed, len(cases))} "
           f"(grid: {NUM_GRID_CASES} cases per dtype)")
-    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:50])
+    assert not failures, f"{len(failures)} (kernel, case) runs failed:\n" + "\n".join(failures[:50])
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @torch.inference_mode()
 def test_long_s_q(dtype):
     # s_q up to 8 (speculative decoding), causal and not, including lengths below s_q.
-    failures, cases = [], []
+    cases = []
     for s_q in range(1, 9):
         for causal in [False, True]:
             for h_q, h_kv in [(16, 1), (128, 1), (64, 8)]:
                 cases.append(Case(4, s_q, 300, h_q, h_kv, varlen=True, causal=causal, seed=s_q))
             cases.append(Case(4, s_q, 0, 32, 1, varlen=False, causal=causal, seqlens=[0, 1, s_q, 5000]))
-    for c in cases:
-        err = check_case(c, DTYPES[dtype])
-        if err is not None:
-            failures.append(f"{c}: {err}")
-    print(f"\n[{dtype}] s_q 1..8: {len(cases) - len(failures)}/{len(cases)} cases passed")
+    failures, passed = run_cases(cases, DTYPES[dtype])
+    print(f"\n[{dtype}] s_q 1..8: cases passed: {passed_line(passed, len(cases))}")
     assert not failures, "\n".join(failures)
 
 
 @torch.inference_mode()
 def test_page_sizes_and_scale():
-    failures = []
-    for page in [64, 128, 100, 256]:
-        c = Case(5, 2, 700, 64, 1, varlen=True, causal=True, page_size=page)
-        err = check_case(c, torch.bfloat16, softmax_scale=0.05)
-        if err is not None:
-            failures.append(f"{c}: {err}")
+    cases = [Case(5, 2, 700, 64, 1, varlen=True, causal=True, page_size=page) for page in [64, 128, 100, 256]]
+    failures, _ = run_cases(cases, torch.bfloat16, softmax_scale=0.05)
     assert not failures, "\n".join(failures)
 
 
@@ -118,7 +149,7 @@ def test_mismatched_devices():
         flash_mla_with_kvcache(inp.q, inp.blocked_k, inp.block_table, inp.cache_seqlens, 512, meta.cpu(), splits)
 
 
-def test_matches_cpu_backend():
+def test_matches_cpu_backend(kernel):
     # The GPU kernels and the C++ host backend agree (each checked against the reference too).
     c = Case(3, 2, 500, 32, 2, varlen=True, causal=True)
     inp, out, lse = run_case(c, torch.bfloat16)
@@ -145,7 +176,7 @@ def test_metadata_matches_cpu_on_h200():
             assert torch.equal(splits_d.cpu(), splits_h), (b, q_rows, h_kv)
 
 
-def test_cuda_graph_replay():
+def test_cuda_graph_replay(kernel):
     # Capture metadata + decode once; replay with new lengths and contents in the same buffers.
     b, s_q, h_q, cap = 8, 2, 128, 2048
     static = make_inputs(Case(b, s_q, cap, h_q, 1, varlen=False, causal=True), torch.bfloat16, "cuda")
@@ -182,7 +213,7 @@ def test_cuda_graph_replay():
         assert err is None, f"lens {lens}: {err}"
 
 
-def test_torch_compile_cuda():
+def test_torch_compile_cuda(kernel):
     torch._dynamo.reset()
     c = Case(4, 2, 600, 64, 1, varlen=True, causal=True)
     inp = make_inputs(c, torch.bfloat16, "cuda")
@@ -200,7 +231,7 @@ def test_torch_compile_cuda():
     assert torch.equal(b_c, b_e)
 
 
-def test_non_default_stream():
+def test_non_default_stream(kernel):
     c = Case(4, 1, 900, 64, 1, varlen=True, causal=False)
     inp = make_inputs(c, torch.bfloat16, "cuda")
     out_ref, lse_ref = reference(inp, False)
