@@ -118,7 +118,7 @@ def reference(inp: Inputs, causal: bool, softmax_scale: Optional[float] = None,
     b, s_q, h_q, d = q.shape
     page_size, h_kv = blocked_k.shape[1], blocked_k.shape[2]
     g = h_q // h_kv
-    scale = softmax_scale if softmax_scale else d ** -0.5
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale  # any given value is used as is
     dev = q.device
     out = torch.zeros(b, s_q, h_q, HEAD_DIM_V, dtype=torch.float64, device=dev)
     lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float64, device=dev)
