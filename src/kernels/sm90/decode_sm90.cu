@@ -12,8 +12,6 @@
 //   warpgroup 1: O[:, 256:512) = O * rescale + P V with the same P.
 // V is channels 0..511 of the K rows already in the stage: the cache is read once.
 // The same piece, split and output conventions as the portable kernel (kernels/tile_piece.h).
-#include <atomic>
-#include <cstdio>
 #include <mutex>
 #include <string>
 
