@@ -53,7 +53,6 @@ struct Smem {
   __device__ uint8_t* p_tile() const { return base + Tr::kPOffset; }
   __device__ float* row_scale() const { return reinterpret_cast<float*>(base + Tr::kRowScaleOffset); }
   __device__ float* row_inv() const { return reinterpret_cast<float*>(base + Tr::kRowInvOffset); }
-  __device__ volatile int* stage_bad() const { return reinterpret_cast<volatile int*>(base + Tr::kStageBadOffset); }
   __device__ uint32_t full_bar(int s, int box) const {
     return smem_addr(base + Tr::kFullBarOffset + 8 * (s * Tr::kBoxesQK + box));
   }
@@ -120,12 +119,11 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
       mbar_wait(sm.empty_bar(slot.stage), slot.parity ^ 1);  // a fresh barrier passes parity 1
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
-      sm.stage_bad()[slot.stage] = page < 0;  // published by the arrives below (release)
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
         const uint32_t full = sm.full_bar(slot.stage, box);
-        if (page < 0) {  // nothing to load: the stage keeps stale data, the request becomes NaN
+        if (page < 0) {  // nothing to load: the stage keeps stale data, the consumers poison the request
           mbar_arrive(full);
           continue;
         }
@@ -270,10 +268,11 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       if (n > 0 && lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
       wgmma_wait<0>();
       fence_operands(s);
-      poisoned |= sm.stage_bad()[slot.stage] != 0;
 
       // s[4j + 2h + e]: row r_lo + 8h, key key0 + 8j + 2 (lane % 4) + e.
       const int key0 = piece.key_begin + n * Tr::kBlockN;
+      // A bad page index was not loaded (the producer checks it too): the request becomes NaN.
+      poisoned |= block_page(p, req, key0) < 0;
       float block_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -376,7 +375,7 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
   const int last_row_token = rows.token(tile_row0 + tile_rows - 1);
   float o[128];
   int block_counter = 0;
-  named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);  // the P buffer starts free
+  named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);  // the P buffer starts free
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
@@ -394,11 +393,11 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
       wgmma_wait<0>();
       fence_operands(o);
       if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
-      named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);
+      named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     }
     named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
     const float inv[2] = {sm.row_inv()[r_lo], sm.row_inv()[r_lo + 8]};
-    named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);
+    named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     store_output<T>(p, piece, req, kv_head, tile_row0, tile_rows, r_lo, Tr::kColsPerConsumer, o, inv, nullptr);
   }
 }
