@@ -103,6 +103,20 @@ def make_inputs(c: Case, dtype: torch.dtype, device) -> Inputs:
     return Inputs(cache_seqlens, q, block_table, blocked_k, seqlens)
 
 
+def _reference_setup(inp: "Inputs", softmax_scale: Optional[float]):
+    """Shapes, the softmax scale rule (None alone selects 1/sqrt(576); any given value is used as
+    is) and the empty outputs (out 0, lse +inf) shared by `reference` and `reference_loop`."""
+    q, blocked_k = inp.q, inp.blocked_k
+    b, s_q, h_q, d = q.shape
+    page_size, h_kv = blocked_k.shape[1], blocked_k.shape[2]
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    dev = q.device
+    out = torch.zeros(b, s_q, h_q, HEAD_DIM_V, dtype=torch.float64, device=dev)
+    lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float64, device=dev)
+    return (q, blocked_k, b, s_q, h_q, d, page_size, h_kv, h_q // h_kv, scale, dev, out, lse,
+            torch.arange(s_q, device=dev))
+
+
 def reference(inp: Inputs, causal: bool, softmax_scale: Optional[float] = None,
               max_elements: int = 1 << 28) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 MLA decoding on inp's device, batched over requests (in chunks of at most about
@@ -114,15 +128,8 @@ def reference(inp: Inputs, causal: bool, softmax_scale: Optional[float] = None,
     are padded to the chunk's longest and the padding is masked (and zeroed, as the cache holds
     NaN there).
     """
-    q, blocked_k = inp.q, inp.blocked_k
-    b, s_q, h_q, d = q.shape
-    page_size, h_kv = blocked_k.shape[1], blocked_k.shape[2]
-    g = h_q // h_kv
-    scale = d ** -0.5 if softmax_scale is None else softmax_scale  # any given value is used as is
-    dev = q.device
-    out = torch.zeros(b, s_q, h_q, HEAD_DIM_V, dtype=torch.float64, device=dev)
-    lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float64, device=dev)
-    tok = torch.arange(s_q, device=dev)
+    q, blocked_k, b, s_q, h_q, d, page_size, h_kv, g, scale, dev, out, lse, tok = _reference_setup(
+        inp, softmax_scale)
     # Longest first, so each chunk pads to about its own length.
     order = sorted((i for i in range(b) if inp.seqlens[i] > 0), key=lambda i: -inp.seqlens[i])
     start = 0
@@ -171,15 +178,8 @@ def reference_loop(inp: Inputs, causal: bool,
     Returns out [b, s_q, h_q, 512] float64 and lse [b, h_q, s_q] float64 (natural log). Query rows
     that see no key (seqlen 0, or causal with seqlen < s_q) get out 0 and lse +inf.
     """
-    q, blocked_k = inp.q, inp.blocked_k
-    b, s_q, h_q, d = q.shape
-    page_size, h_kv = blocked_k.shape[1], blocked_k.shape[2]
-    g = h_q // h_kv
-    scale = d ** -0.5 if softmax_scale is None else softmax_scale  # any given value is used as is
-    dev = q.device
-    out = torch.zeros(b, s_q, h_q, HEAD_DIM_V, dtype=torch.float64, device=dev)
-    lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float64, device=dev)
-    tok = torch.arange(s_q, device=dev)
+    q, blocked_k, b, s_q, h_q, d, page_size, h_kv, g, scale, dev, out, lse, tok = _reference_setup(
+        inp, softmax_scale)
     for i, L in enumerate(inp.seqlens):
         if L == 0:
             continue
