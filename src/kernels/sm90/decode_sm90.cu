@@ -12,6 +12,8 @@
 //   warpgroup 1: O[:, 256:512) = O * rescale + P V with the same P.
 // V is channels 0..511 of the K rows already in the stage: the cache is read once.
 // The same piece, split and output conventions as the portable kernel (kernels/tile_piece.h).
+#include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -37,6 +39,7 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 struct Sm90Params {
   DecodeParams p;
+  int l2_prefetch_blocks;  // Sm90Traits::kL2PrefetchBlocks unless FLASHMLA_SM90_L2_PREFETCH says otherwise
   // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
   // boxes of 64 tokens x 64 channels.
   CUtensorMap k_map;
@@ -50,8 +53,9 @@ struct Smem {
   __device__ uint8_t* p_tile() const { return base + Tr::kPOffset; }
   __device__ float* row_scale() const { return reinterpret_cast<float*>(base + Tr::kRowScaleOffset); }
   __device__ float* row_inv() const { return reinterpret_cast<float*>(base + Tr::kRowInvOffset); }
-  __device__ volatile int* stage_bad() const { return reinterpret_cast<volatile int*>(base + Tr::kStageBadOffset); }
-  __device__ uint32_t full_bar(int s) const { return smem_addr(base + Tr::kFullBarOffset + 8 * s); }
+  __device__ uint32_t full_bar(int s, int box) const {
+    return smem_addr(base + Tr::kFullBarOffset + 8 * (s * Tr::kBoxesQK + box));
+  }
   __device__ uint32_t empty_bar(int s) const { return smem_addr(base + Tr::kEmptyBarOffset + 8 * s); }
 };
 
@@ -79,6 +83,12 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * Tr::k
 // ---------------------------------------------------------------------------------------------
 // Producer
 // ---------------------------------------------------------------------------------------------
+// Page of the key block starting at key0, or -1 if the block table holds no valid page there.
+__device__ __forceinline__ int block_page(const DecodeParams& p, int req, int64_t key0) {
+  const int page = p.block_table[int64_t(req) * p.block_table_batch_stride + key0 / p.page_size];
+  return page >= 0 && page < p.num_blocks ? page : -1;
+}
+
 __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_head, int last_row_token,
                         const Smem& sm) {
   const DecodeParams& p = sp.p;
@@ -90,23 +100,37 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
     const int blocks = piece.num_key_blocks(Tr::kBlockN);
+    // Two stages hold too few bytes to cover HBM latency on their own (docs/PERF.md): blocks
+    // l2_prefetch_blocks ahead of the one being loaded are requested into L2 first, so the
+    // TMA load that follows mostly waits for L2, not HBM.
+    auto prefetch = [&](int n) {
+      if (n >= blocks) return;
+      const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
+      const int page = block_page(p, req, key0);
+      if (page < 0) return;
+#pragma unroll
+      for (int box = 0; box < Tr::kBoxesQK; ++box)
+        tma_prefetch_l2_4d(&sp.k_map, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size), page);
+    };
+    for (int n = 0; n < sp.l2_prefetch_blocks; ++n) prefetch(n);
     for (int n = 0; n < blocks; ++n, ++block_counter) {
+      if (sp.l2_prefetch_blocks > 0) prefetch(n + sp.l2_prefetch_blocks);
       const RingSlot slot(block_counter);
       mbar_wait(sm.empty_bar(slot.stage), slot.parity ^ 1);  // a fresh barrier passes parity 1
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
-      const int page = p.block_table[int64_t(req) * p.block_table_batch_stride + key0 / p.page_size];
-      const bool page_ok = page >= 0 && page < p.num_blocks;
-      sm.stage_bad()[slot.stage] = !page_ok;  // published by the arrive below (release)
-      if (!page_ok) {
-        mbar_arrive(sm.full_bar(slot.stage));
-        continue;
-      }
-      mbar_arrive_expect_tx(sm.full_bar(slot.stage), Tr::kTileBytes);
+      const int page = block_page(p, req, key0);
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
 #pragma unroll
-      for (int box = 0; box < Tr::kBoxesQK; ++box)
-        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, sm.full_bar(slot.stage), box * Tr::kBoxCols, kv_head,
-                    int(key0 % p.page_size), page, l2_policy);
+      for (int box = 0; box < Tr::kBoxesQK; ++box) {
+        const uint32_t full = sm.full_bar(slot.stage, box);
+        if (page < 0) {  // nothing to load: the stage keeps stale data, the consumers poison the request
+          mbar_arrive(full);
+          continue;
+        }
+        mbar_arrive_expect_tx(full, Tr::kBoxBytes);
+        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, full, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size),
+                    page, l2_policy);
+      }
     }
   }
 }
@@ -184,16 +208,14 @@ __device__ __forceinline__ void rescale_accumulator(float (&o)[128], const float
   }
 }
 
-// O[:, 256 half, +256) += P V over the 64 keys of `stage`.
+// O[:, 256 half, +256) += P V over the 64 keys of `stage`, as one wgmma commit group.
 template <typename T>
-__device__ __forceinline__ void pv_gemm(float (&o)[128], const Smem& sm, const uint8_t* stage, int half) {
+__device__ __forceinline__ void issue_pv(float (&o)[128], const Smem& sm, const uint8_t* stage, int half) {
   wgmma_fence();
 #pragma unroll
   for (int k16 = 0; k16 < Tr::kBlockN; k16 += 16)
     wgmma_m64n256k16_ss_tb<T>(o, kmajor_desc(sm.p_tile(), k16), v_desc(stage, half, k16), true);
   wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(o);
 }
 
 // Warpgroup 0: scores, softmax, P, and the left half of the output.
@@ -221,23 +243,36 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       key_limit[h] = p.causal ? min(piece.key_end, piece.causal_shift(p.s_q) + row_token[h]) : piece.key_end;
     bool poisoned = piece.bad_length;
 
+    // S = Q K^T of the block in `slot`, issued box by box as the boxes land (a commit group).
+    float s[32];
+    auto issue_scores = [&](const RingSlot& slot) {
+      const uint8_t* stage = sm.k_stage(slot.stage);
+      wgmma_fence();
+#pragma unroll
+      for (int box = 0; box < Tr::kBoxesQK; ++box) {
+        mbar_wait(sm.full_bar(slot.stage, box), slot.parity);  // earlier boxes' wgmma already run
+#pragma unroll
+        for (int k16 = box * Tr::kBoxCols; k16 < (box + 1) * Tr::kBoxCols; k16 += 16)
+          wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
+      }
+      wgmma_commit();
+    };
+    if (blocks > 0) issue_scores(RingSlot(block_counter));
+
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       const RingSlot slot(block_counter);
       uint8_t* const stage = sm.k_stage(slot.stage);
-      mbar_wait(sm.full_bar(slot.stage), slot.parity);
-      poisoned |= sm.stage_bad()[slot.stage] != 0;
-
-      float s[32];
-      wgmma_fence();
-#pragma unroll
-      for (int k16 = 0; k16 < kHeadDimQK; k16 += 16)
-        wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
-      wgmma_commit();
+      // In flight: P V of the previous block, then S of this one (issued behind it).
+      wgmma_wait<1>();
+      fence_operands(o);
+      if (n > 0 && lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
       wgmma_wait<0>();
       fence_operands(s);
 
       // s[4j + 2h + e]: row r_lo + 8h, key key0 + 8j + 2 (lane % 4) + e.
       const int key0 = piece.key_begin + n * Tr::kBlockN;
+      // A bad page index was not loaded (the producer checks it too): the request becomes NaN.
+      poisoned |= block_page(p, req, key0) < 0;
       float block_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -296,8 +331,14 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
 
       rescale_accumulator(o, rescale);
-      pv_gemm<T>(o, sm, stage, 0);
-      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      issue_pv<T>(o, sm, stage, 0);
+      // The next block's S runs on the tensor cores right behind this P V.
+      if (n + 1 < blocks) issue_scores(RingSlot(block_counter + 1));
+    }
+    if (blocks > 0) {
+      wgmma_wait<0>();
+      fence_operands(o);
+      if (lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
     }
 
     // Normalize: 1 / row sum and the lse (natural log); a row with no key gets out 0 and
@@ -334,7 +375,7 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
   const int last_row_token = rows.token(tile_row0 + tile_rows - 1);
   float o[128];
   int block_counter = 0;
-  named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);  // the P buffer starts free
+  named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);  // the P buffer starts free
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
@@ -343,16 +384,20 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       const RingSlot slot(block_counter);
       named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
-      mbar_wait(sm.full_bar(slot.stage), slot.parity);  // makes the TMA writes visible here too
+      // Makes the TMA writes of this warpgroup's V boxes visible here too.
+      for (int box = 0; box < Tr::kBoxesPerConsumerV; ++box)
+        mbar_wait(sm.full_bar(slot.stage, Tr::kBoxesPerConsumerV + box), slot.parity);
       const float rescale[2] = {sm.row_scale()[r_lo], sm.row_scale()[r_lo + 8]};
       rescale_accumulator(o, rescale);
-      pv_gemm<T>(o, sm, sm.k_stage(slot.stage), 1);
+      issue_pv<T>(o, sm, sm.k_stage(slot.stage), 1);
+      wgmma_wait<0>();
+      fence_operands(o);
       if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
-      named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);
+      named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     }
     named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
     const float inv[2] = {sm.row_inv()[r_lo], sm.row_inv()[r_lo + 8]};
-    named_barrier_arrive(Tr::kBarPFree, Tr::kConsumerThreads);
+    named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     store_output<T>(p, piece, req, kv_head, tile_row0, tile_rows, r_lo, Tr::kColsPerConsumer, o, inv, nullptr);
   }
 }
@@ -364,7 +409,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
   const DecodeParams& p = sp.p;
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tr::kStages; ++s) {
-      mbar_init(sm.full_bar(s), 1);                         // the producer's arrive (+ TMA bytes)
+      for (int box = 0; box < Tr::kBoxesQK; ++box) mbar_init(sm.full_bar(s, box), 1);  // producer arrive + TMA bytes
       mbar_init(sm.empty_bar(s), Tr::kConsumerThreads / 32);  // every consumer warp
     }
     mbar_fence_init();
@@ -433,6 +478,15 @@ Status encode_k_map(const DecodeArgs& a, CUtensorMap* map) {
   return Status::Ok();
 }
 
+// The prefetch distance, overridable for experiments (docs/PERF.md) by FLASHMLA_SM90_L2_PREFETCH.
+int l2_prefetch_blocks() {
+  static const int blocks = [] {
+    const char* env = std::getenv("FLASHMLA_SM90_L2_PREFETCH");
+    return env != nullptr ? std::max(0, std::atoi(env)) : Tr::kL2PrefetchBlocks;
+  }();
+  return blocks;
+}
+
 }  // namespace
 
 std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs& args) {
@@ -456,6 +510,7 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
                      cudaStream_t stream) {
   Sm90Params sp;
   sp.p = params;
+  sp.l2_prefetch_blocks = l2_prefetch_blocks();
   if (Status s = encode_k_map(args, &sp.k_map); !s.ok()) return s;
 
   auto kernel = args.dtype == DataType::kBFloat16 ? mla_decode_sm90_kernel<__nv_bfloat16> : mla_decode_sm90_kernel<__half>;

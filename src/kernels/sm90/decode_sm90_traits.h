@@ -12,6 +12,8 @@ struct Sm90Traits {
   static constexpr int kBlockN = flashmla::kSchedBlockKeys;
   static_assert(kBlockM == 64 && kBlockN == 64, "the wgmma shapes below assume 64 x 64 tiles");
   static constexpr int kStages = 2;
+  // Key blocks requested into L2 ahead of the block being loaded into shared memory.
+  static constexpr int kL2PrefetchBlocks = 2;
 
   // Warpgroups: 0 computes S = Q K^T, the softmax and O[:, 0:256); 1 computes O[:, 256:512);
   // 2 is the producer (one thread issues the TMA loads). setmaxnreg moves the producer's
@@ -40,9 +42,9 @@ struct Sm90Traits {
   static constexpr int kPOffset = kKOffset + kStages * kTileBytes;  // P: 64 x 64, one box
   static constexpr int kRowScaleOffset = kPOffset + kBoxBytes;      // float[64] per block
   static constexpr int kRowInvOffset = kRowScaleOffset + kBlockM * 4;  // float[64]: 1 / row sum
-  static constexpr int kStageBadOffset = kRowInvOffset + kBlockM * 4;  // int[kStages]: bad page
-  static constexpr int kFullBarOffset = kStageBadOffset + 8 * kStages;  // uint64[kStages]
-  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages;  // uint64[kStages]
+  // One "full" barrier per box of each stage, so S starts on the first box that lands.
+  static constexpr int kFullBarOffset = kRowInvOffset + kBlockM * 4;  // uint64[kStages][kBoxesQK]
+  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages * kBoxesQK;  // uint64[kStages]
   static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages;
   // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
   static constexpr int kSmemBytes = kSmemUsed + 1024;
@@ -50,7 +52,9 @@ struct Sm90Traits {
 
   // Named barriers (0 is __syncthreads).
   static constexpr int kBarPReady = 1;  // WG0 wrote P and the row scales; both consumers sync
-  static constexpr int kBarPFree = 2;   // WG1 finished reading them; WG1 arrives, WG0 syncs
+  // WG1 finished reading them. Both warpgroups use bar.sync (with bar.arrive on WG1's side,
+  // compute-sanitizer racecheck reported the ordered reuse of the buffers as races).
+  static constexpr int kBarPFree = 2;
   static constexpr int kBarQReady = 3;  // WG0's Q tile is in shared memory (WG0 only)
 };
 
