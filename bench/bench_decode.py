@@ -84,7 +84,7 @@ QUICK = {("upstream", 128, 1, 16, 4096), ("upstream", 128, 1, 128, 8192), ("upst
          ("batch-sweep", 1, 1, 16, 8192), ("batch-sweep", 256, 1, 128, 8192)}
 
 
-def configs(grid, quick):
+def configs(grid, quick, only=None):
     cases = []
     if grid in ("upstream", "all", "everything"):
         cases += [Config("upstream", 128, s_q, h_q, n)
@@ -96,7 +96,16 @@ def configs(grid, quick):
         cases += [Config("seqlen-sweep", b, 1, h_q, n) for b in (128, 8) for h_q in (16, 128) for n in SEQLEN_SWEEP]
     if grid in ("batch-sweep", "sweeps", "everything"):
         cases += [Config("batch-sweep", b, 1, h_q, 8192) for h_q in (16, 128) for b in BATCH_SWEEP]
-    return [c for c in cases if not quick or (c.grid, c.b, c.s_q, c.h_q, c.seqlen) in QUICK]
+    cases = [c for c in cases if not quick or (c.grid, c.b, c.s_q, c.h_q, c.seqlen) in QUICK]
+    return [c for c in cases if only is None or (c.b, c.s_q, c.h_q, c.seqlen) in only]
+
+
+def parse_only(text):
+    """--only b:s_q:h_q:seqlen[,...] -> a set of (b, s_q, h_q, nominal seqlen) tuples."""
+    try:
+        return {tuple(int(x) for x in item.split(":")) for item in text.split(",")}
+    except ValueError:
+        raise SystemExit(f"--only: expected b:s_q:h_q:seqlen[,...], got {text!r}")
 
 
 def anchor_us(c):
@@ -356,6 +365,8 @@ def main():
     p.add_argument("--grid", choices=GRIDS, default="all")
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     p.add_argument("--quick", action="store_true", help="a few configs of each grid")
+    p.add_argument("--only", help="only these configs of the grid: b:s_q:h_q:seqlen[,...] "
+                   "(nominal seqlen, e.g. 128:1:16:8192)")
     p.add_argument("--repeats", type=int, default=10, help="timed graph replays per case (median)")
     p.add_argument("--gemm-seconds", type=float, default=2.0, help="duration of the sustained GEMM ceiling")
     p.add_argument("--json", default="bench_results.json", help="where to write all results")
@@ -390,7 +401,7 @@ def main():
         tqdm = None
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    cases = configs(args.grid, args.quick)
+    cases = configs(args.grid, args.quick, parse_only(args.only) if args.only else None)
     l2 = getattr(props, "L2_cache_size", 0) or 60e6
     target = max(2 * l2, 120e6)                                   # bytes of input sets per graph
     budget = min(SET_BUDGET, 0.5 * torch.cuda.mem_get_info()[0])  # bytes of input sets at most

@@ -13,9 +13,11 @@
 // V is channels 0..511 of the K rows already in the stage: the cache is read once.
 // The same piece, split and output conventions as the portable kernel (kernels/tile_piece.h).
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -37,9 +39,15 @@ using Tr = Sm90Traits;
 using namespace ptx90;
 constexpr float kLn2 = 0.693147180559945309f;
 
+// Development trace (FLASHMLA_SM90_TRACE=file): clock64() at pipeline events of the first
+// kTraceCtas CTAs, for the first kTraceBlocks key blocks of each; null pointer when off.
+enum TraceEvent : int { kTrIssue, kTrFirstBox, kTrLastBox, kTrScoresDone, kTrRelease0, kTrRelease1, kTrEvents };
+constexpr int kTraceCtas = 4, kTraceBlocks = 64;
+
 struct Sm90Params {
   DecodeParams p;
   int l2_prefetch_blocks;  // Sm90Traits::kL2PrefetchBlocks unless FLASHMLA_SM90_L2_PREFETCH says otherwise
+  long long* trace;        // [kTraceCtas][kTrEvents][kTraceBlocks], or null
   // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
   // boxes of 64 tokens x 64 channels.
   CUtensorMap k_map;
@@ -79,6 +87,11 @@ __device__ __forceinline__ uint64_t v_desc(const uint8_t* stage, int half, int k
 }
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 64-row box (128-byte swizzle).
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * Tr::kRowBytes + ((chunk ^ (row & 7)) << 4); }
+
+__device__ __forceinline__ void trace(const Sm90Params& sp, int event, int n) {
+  if (sp.trace != nullptr && n < kTraceBlocks && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z < kTraceCtas)
+    sp.trace[(blockIdx.z * kTrEvents + event) * kTraceBlocks + n] = clock64();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Producer
@@ -120,6 +133,7 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
+      trace(sp, kTrIssue, block_counter);
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
         const uint32_t full = sm.full_bar(slot.stage, box);
@@ -220,8 +234,9 @@ __device__ __forceinline__ void issue_pv(float (&o)[128], const Smem& sm, const 
 
 // Warpgroup 0: scores, softmax, P, and the left half of the output.
 template <typename T>
-__device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, int kv_head, int tile_row0,
+__device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, int kv_head, int tile_row0,
                                int tile_rows, const Smem& sm) {
+  const DecodeParams& p = sp.p;
   const int tid = threadIdx.x, lane = tid % 32;
   const int r_lo = (tid / 32) * 16 + lane / 4;  // this thread's tile rows: r_lo, r_lo + 8
   const RowMap rows{p.q_heads_per_kv};
@@ -243,31 +258,28 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
       key_limit[h] = p.causal ? min(piece.key_end, piece.causal_shift(p.s_q) + row_token[h]) : piece.key_end;
     bool poisoned = piece.bad_length;
 
-    // S = Q K^T of the block in `slot`, issued box by box as the boxes land (a commit group).
     float s[32];
-    auto issue_scores = [&](const RingSlot& slot) {
-      const uint8_t* stage = sm.k_stage(slot.stage);
-      wgmma_fence();
+    for (int n = 0; n < blocks; ++n, ++block_counter) {
+      const RingSlot slot(block_counter);
+      uint8_t* const stage = sm.k_stage(slot.stage);
+      // S = Q K^T, issued box by box as the boxes land. The wait loop is a branch between wgmma
+      // instructions: without a wgmma.fence of our own after it, ptxas inserts one on that
+      // path and serializes every wgmma of the kernel (C7520, scripts/check_ptxas.sh).
+      mbar_wait(sm.full_bar(slot.stage, 0), slot.parity);
+      if (tid == 0) trace(sp, kTrFirstBox, block_counter);
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
-        mbar_wait(sm.full_bar(slot.stage, box), slot.parity);  // earlier boxes' wgmma already run
+        if (box > 0) mbar_wait(sm.full_bar(slot.stage, box), slot.parity);
+        wgmma_fence();
 #pragma unroll
         for (int k16 = box * Tr::kBoxCols; k16 < (box + 1) * Tr::kBoxCols; k16 += 16)
           wgmma_m64n64k16_ss<T>(s, kmajor_desc(sm.q(), k16), kmajor_desc(stage, k16), k16 > 0);
       }
       wgmma_commit();
-    };
-    if (blocks > 0) issue_scores(RingSlot(block_counter));
-
-    for (int n = 0; n < blocks; ++n, ++block_counter) {
-      const RingSlot slot(block_counter);
-      uint8_t* const stage = sm.k_stage(slot.stage);
-      // In flight: P V of the previous block, then S of this one (issued behind it).
-      wgmma_wait<1>();
-      fence_operands(o);
-      if (n > 0 && lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
+      if (tid == 0) trace(sp, kTrLastBox, block_counter);
       wgmma_wait<0>();
       fence_operands(s);
+      if (tid == 0) trace(sp, kTrScoresDone, block_counter);
 
       // s[4j + 2h + e]: row r_lo + 8h, key key0 + 8j + 2 (lane % 4) + e.
       const int key0 = piece.key_begin + n * Tr::kBlockN;
@@ -332,13 +344,13 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
 
       rescale_accumulator(o, rescale);
       issue_pv<T>(o, sm, stage, 0);
-      // The next block's S runs on the tensor cores right behind this P V.
-      if (n + 1 < blocks) issue_scores(RingSlot(block_counter + 1));
-    }
-    if (blocks > 0) {
+      // The stage is released once P V is done with it; the next block's S then starts as its
+      // boxes land. (Issuing that S behind P V instead holds this stage until the next block has
+      // landed, which with two stages serializes the loads: docs/PERF.md, second version.)
       wgmma_wait<0>();
       fence_operands(o);
-      if (lane == 0) mbar_arrive(sm.empty_bar(RingSlot(block_counter - 1).stage));
+      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      if (tid == 0) trace(sp, kTrRelease0, block_counter);
     }
 
     // Normalize: 1 / row sum and the lse (natural log); a row with no key gets out 0 and
@@ -367,8 +379,9 @@ __device__ void consume_scores(const DecodeParams& p, const MetadataRow& part, i
 
 // Warpgroup 1: the right half of the output, with warpgroup 0's P and rescale factors.
 template <typename T>
-__device__ void consume_values(const DecodeParams& p, const MetadataRow& part, int kv_head, int tile_row0,
+__device__ void consume_values(const Sm90Params& sp, const MetadataRow& part, int kv_head, int tile_row0,
                                int tile_rows, const Smem& sm) {
+  const DecodeParams& p = sp.p;
   const int lane = threadIdx.x % 32;
   const int r_lo = ((threadIdx.x - 128) / 32) * 16 + lane / 4;
   const RowMap rows{p.q_heads_per_kv};
@@ -393,6 +406,7 @@ __device__ void consume_values(const DecodeParams& p, const MetadataRow& part, i
       wgmma_wait<0>();
       fence_operands(o);
       if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      if (threadIdx.x == 128) trace(sp, kTrRelease1, block_counter);
       named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     }
     named_barrier_sync(Tr::kBarPReady, Tr::kConsumerThreads);
@@ -433,9 +447,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
   }
   setmaxnreg_inc<Tr::kConsumerRegs>();
   if (warpgroup == 0)
-    consume_scores<T>(p, part, kv_head, tile_row0, tile_rows, sm);
+    consume_scores<T>(sp, part, kv_head, tile_row0, tile_rows, sm);
   else
-    consume_values<T>(p, part, kv_head, tile_row0, tile_rows, sm);
+    consume_values<T>(sp, part, kv_head, tile_row0, tile_rows, sm);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,6 +501,50 @@ int l2_prefetch_blocks() {
   return blocks;
 }
 
+// FLASHMLA_SM90_TRACE=file: every launch outside a CUDA-graph capture is followed by a stream
+// synchronize and one JSON line appended to the file with the pipeline events (TraceEvent) of
+// the first CTAs, in SM clock cycles. For performance work only: it serializes the calls.
+const char* trace_path() {
+  static const char* path = std::getenv("FLASHMLA_SM90_TRACE");
+  return path;
+}
+
+long long* trace_buffer() {
+  static long long* buffer = [] {
+    void* b = nullptr;
+    return cudaMalloc(&b, sizeof(long long) * kTraceCtas * kTrEvents * kTraceBlocks) == cudaSuccess
+               ? static_cast<long long*>(b)
+               : nullptr;
+  }();
+  return buffer;
+}
+
+void write_trace(const long long* device_buffer, const dim3& grid, cudaStream_t stream) {
+  std::vector<long long> t(size_t(kTraceCtas) * kTrEvents * kTraceBlocks);
+  if (cudaMemcpyAsync(t.data(), device_buffer, t.size() * sizeof(long long), cudaMemcpyDeviceToHost, stream) !=
+          cudaSuccess ||
+      cudaStreamSynchronize(stream) != cudaSuccess)
+    return;
+  std::FILE* f = std::fopen(trace_path(), "a");
+  if (f == nullptr) return;
+  static const char* names[kTrEvents] = {"issue", "first_box", "last_box", "scores_done", "release0",
+                                         "release1"};
+  std::fprintf(f, "{\"grid\": [%u, %u, %u], \"l2_prefetch\": %d, \"ctas\": [", grid.x, grid.y, grid.z,
+               l2_prefetch_blocks());
+  for (int c = 0; c < kTraceCtas; ++c) {
+    std::fprintf(f, "%s{", c ? ", " : "");
+    for (int e = 0; e < kTrEvents; ++e) {
+      std::fprintf(f, "%s\"%s\": [", e ? ", " : "", names[e]);
+      for (int n = 0; n < kTraceBlocks; ++n)
+        std::fprintf(f, "%s%lld", n ? ", " : "", t[(size_t(c) * kTrEvents + e) * kTraceBlocks + n]);
+      std::fprintf(f, "]");
+    }
+    std::fprintf(f, "}");
+  }
+  std::fprintf(f, "]}\n");
+  std::fclose(f);
+}
+
 }  // namespace
 
 std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs& args) {
@@ -511,6 +569,15 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
   Sm90Params sp;
   sp.p = params;
   sp.l2_prefetch_blocks = l2_prefetch_blocks();
+  sp.trace = nullptr;
+  if (trace_path() != nullptr) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
+      sp.trace = trace_buffer();
+      if (sp.trace != nullptr)
+        cudaMemsetAsync(sp.trace, 0, sizeof(long long) * kTraceCtas * kTrEvents * kTraceBlocks, stream);
+    }
+  }
   if (Status s = encode_k_map(args, &sp.k_map); !s.ok()) return s;
 
   auto kernel = args.dtype == DataType::kBFloat16 ? mla_decode_sm90_kernel<__nv_bfloat16> : mla_decode_sm90_kernel<__half>;
@@ -526,6 +593,7 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
   err = cudaGetLastError();
   if (err != cudaSuccess) return Status::Error(std::string("mla_decode_sm90_kernel launch: ") + cudaGetErrorString(err));
+  if (sp.trace != nullptr) write_trace(sp.trace, grid, stream);
   return Status::Ok();
 }
 
