@@ -161,6 +161,11 @@ Status mla_decode(const DecodeArgs& args, void* workspace, size_t workspace_byte
 constexpr const char* kKernelEnvVar = "FLASHMLA_KERNEL";
 const char* decode_kernel_name(const DecodeArgs& args);
 
+// On compute capability 9.0 and newer the combine kernel is launched as a programmatic dependent
+// of the split-KV kernel (its launch overlaps that kernel's tail). FLASHMLA_PDL, read on every
+// call: "0" launches it the ordinary way (for A/B measurements), "1" (or unset) is the default.
+constexpr const char* kPdlEnvVar = "FLASHMLA_PDL";
+
 // ---------------------------------------------------------------------------------------------
 // Reference (host)
 // ---------------------------------------------------------------------------------------------

@@ -6,11 +6,16 @@
 // get their rows rescaled in place. num_splits is read through request_splits(): entries that
 // are not a range inside the workspace (a corrupted plan) give NaN rows, never a read or write
 // outside it.
+//
+// On sm_90 and newer the decode launches it as a programmatic dependent (common/pdl.cuh), so its
+// CTAs may start before the split-KV kernel has finished: everything the kernel reads waits for
+// that first.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "combine/combine.h"
 #include "common/params.h"
+#include "common/pdl.cuh"
 #include "scheduler/split_plan.h"
 
 namespace flashmla {
@@ -57,6 +62,7 @@ __device__ __forceinline__ float sink_factor(const DecodeParams& p, int head, fl
 
 template <typename T>
 __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __grid_constant__ DecodeParams p) {
+  pdl::wait_for_prerequisite_grid();
   const int req = blockIdx.x, kv_head = blockIdx.y;
   const SplitRange splits = request_splits(p.num_splits, req, p.max_splits);
   const bool unsplit = splits.valid && splits.count == 1;
@@ -135,11 +141,32 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
 
 }  // namespace
 
-cudaError_t launch_combine(DataType dtype, const DecodeParams& params, cudaStream_t stream) {
+cudaError_t launch_combine(DataType dtype, const DecodeParams& params, bool programmatic, cudaStream_t stream) {
   auto kernel = dtype == DataType::kBFloat16 ? mla_combine_kernel<__nv_bfloat16> : mla_combine_kernel<__half>;
-  const dim3 grid(params.batch, params.h_kv, (params.rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta);
-  kernel<<<grid, kRowsPerCta * 32, 0, stream>>>(params);
-  return cudaGetLastError();
+  cudaLaunchAttribute pdl = {};
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(params.batch, params.h_kv, (params.rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta);
+  config.blockDim = dim3(kRowsPerCta * 32);
+  config.stream = stream;
+  config.attrs = &pdl;
+  config.numAttrs = programmatic ? 1 : 0;  // none: an ordinary launch, as on GPUs before sm_90
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, params);
+  const cudaError_t last = cudaGetLastError();  // clears a launch error, as after <<<>>>
+  return launched != cudaSuccess ? launched : last;
+}
+
+bool combine_waits_for_prerequisite() {
+  for (auto kernel : {mla_combine_kernel<__nv_bfloat16>, mla_combine_kernel<__half>}) {
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    if (attr.ptxVersion * 10 < FLASHMLA_PDL_MIN_ARCH) return false;  // ptxVersion: 90 for compute_90
+  }
+  return true;
 }
 
 }  // namespace flashmla

@@ -6,6 +6,9 @@
 // device; the first that can runs. FLASHMLA_KERNEL=portable forces the portable kernel (the
 // fallback of every non-Hopper GPU, kept tested on Hopper this way); FLASHMLA_KERNEL=sm90 makes
 // any reason the Hopper kernel cannot run an error instead of a silent fallback.
+//
+// On compute capability 9.0 and newer the combine is a programmatic dependent launch
+// (common/pdl.cuh): its launch overlaps the split-KV kernel's tail. FLASHMLA_PDL=0 turns that off.
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -46,6 +49,7 @@ Status current_device_facts(DeviceFacts& facts) {
         {&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin}};
     for (const auto& [out, attr] : queries)
       if (err == cudaSuccess) err = cudaDeviceGetAttribute(out, attr, device);
+    d.pdl = err == cudaSuccess && combine_waits_for_prerequisite();
     if (err == cudaSuccess) cache[device] = d;
   });
   FLASHMLA_RETURN_IF_CUDA_ERROR(err);
@@ -98,6 +102,16 @@ Status choose_family(const detail::DeviceFacts& device, const DecodeArgs& args, 
                        "): " + reasons);
 }
 
+// Whether FLASHMLA_PDL allows a programmatic dependent launch of the combine (read per call).
+Status pdl_allowed(bool& allowed) {
+  const char* env = std::getenv(kPdlEnvVar);
+  const std::string want = env == nullptr ? "1" : env;
+  if (want != "0" && want != "1" && !want.empty())
+    return Status::Error(std::string(kPdlEnvVar) + ": expected 0 or 1, got \"" + want + "\"");
+  allowed = want != "0";
+  return Status::Ok();
+}
+
 DecodeParams make_params(const DecodeArgs& a, void* workspace) {
   const WorkspaceLayout ws(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
   const float scale = float(resolve_softmax_scale(a.softmax_scale));
@@ -147,9 +161,11 @@ Status decode_cuda(const DecodeArgs& args, void* workspace, cudaStream_t stream)
   if (Status s = current_device_facts(device); !s.ok()) return s;
   const DecodeKernelFamily* family = nullptr;
   if (Status s = choose_family(device, args, family); !s.ok()) return s;
+  bool pdl = false;
+  if (Status s = pdl_allowed(pdl); !s.ok()) return s;
   const DecodeParams params = make_params(args, workspace);
   if (Status s = family->launch(args, params, device, stream); !s.ok()) return s;
-  FLASHMLA_RETURN_IF_CUDA_ERROR(launch_combine(args.dtype, params, stream));
+  FLASHMLA_RETURN_IF_CUDA_ERROR(launch_combine(args.dtype, params, pdl && device.pdl, stream));
   return Status::Ok();
 }
 

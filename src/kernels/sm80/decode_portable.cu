@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 
 #include "common/params.h"
+#include "common/pdl.cuh"
 #include "kernels/decode_params.h"
 #include "kernels/sm80/decode_portable.h"
 #include "kernels/sm80/decode_portable_traits.h"
@@ -223,6 +224,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
     ptx::cp_async_wait<0>();
     const bool poisoned = __syncthreads_or(bad_page || piece.bad_length);
+    // The CTA's last key block is done; only its output stores remain: the combine may launch.
+    if (req == part.end_req) pdl::launch_dependents();
 
     if (warp_has_rows && piece.writable) {
       const bool final_write = piece.final_write();

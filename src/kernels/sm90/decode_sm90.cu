@@ -25,6 +25,7 @@
 #include <cuda_fp16.h>
 
 #include "common/params.h"
+#include "common/pdl.cuh"
 #include "kernels/decode_params.h"
 #include "kernels/sm80/ptx.cuh"
 #include "kernels/sm90/decode_sm90.h"
@@ -352,6 +353,8 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
       if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
       if (tid == 0) trace(sp, kTrRelease0, block_counter);
     }
+    // The CTA's last key block is done; only its output stores remain: the combine may launch.
+    if (req == part.end_req) pdl::launch_dependents();
 
     // Normalize: 1 / row sum and the lse (natural log); a row with no key gets out 0 and
     // lse +inf (final) or -inf (a partial the combine skips); a poisoned request gets NaN.
