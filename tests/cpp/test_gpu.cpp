@@ -7,9 +7,12 @@
 //   * GpuGraph:    metadata + decode captured in a CUDA graph, replayed after the device
 //                  seqlens change.
 //   * GpuDispatch: the kernel family chosen per device and page size, and FLASHMLA_KERNEL.
+//   * GpuPdl:      the combine as a programmatic dependent launch (FLASHMLA_PDL=1 or 0): the
+//                  same bits either way, eagerly and replayed from a CUDA graph.
 //   * GpuQuick:    a few small cases, fast enough for compute-sanitizer (see README.md).
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -213,41 +216,57 @@ struct Result {
   std::vector<float> lse;
 };
 
+// A problem on the device: inputs, plan, outputs and workspace, and the arguments over them.
+struct DeviceProblem {
+  DeviceBuffer q, k, table, seqlens, md, ns, out, lse, ws;
+  DecodeArgs args;
+};
+
+// Uploads the problem and plans it with `parts` parts on `stream`; outputs and workspace are
+// poisoned with NaN.
+void to_device(const HostProblem& p, int parts, DeviceProblem& d, cudaStream_t stream) {
+  upload(d.q, p.q);
+  upload(d.k, p.k_cache);
+  upload(d.table, p.block_table);
+  upload(d.seqlens, p.seqlens);
+  device_plan(d.seqlens, p.batch, parts, d.md, d.ns, stream);
+  if (::testing::Test::HasFatalFailure()) return;
+  CUDA_OK(d.out.alloc(p.out.size() * sizeof(uint16_t)));
+  CUDA_OK(d.lse.alloc(p.lse.size() * sizeof(float)));
+  CUDA_OK(d.ws.alloc(flashmla::decode_workspace_size(p.batch, p.spec.s_q, p.spec.h_q, p.spec.h_kv, parts)));
+  for (const DeviceBuffer* b : {&d.out, &d.lse, &d.ws})
+    CUDA_OK(cudaMemset(b->get(), 0xFF, b->bytes()));  // NaN in bf16, fp16 and float
+
+  HostProblem shape = p;  // args() over host vectors; swap in the device pointers
+  DecodeArgs& a = d.args;
+  a = shape.args();
+  a.backend = Backend::kCuda;
+  a.q = d.q.get();
+  a.k_cache = d.k.get();
+  a.block_table = d.table.as<int32_t>();
+  a.cache_seqlens = d.seqlens.as<int32_t>();
+  a.tile_scheduler_metadata = d.md.as<int32_t>();
+  a.num_splits = d.ns.as<int32_t>();
+  a.num_sm_parts = parts;
+  a.out = d.out.get();
+  a.softmax_lse = d.lse.as<float>();
+}
+
+void download_result(const HostProblem& p, const DeviceProblem& d, Result& r) {
+  download(r.out, d.out, p.out.size());
+  download(r.lse, d.lse, p.lse.size());
+}
+
 // Uploads the problem, plans and decodes on the GPU with `parts` parts, downloads out and lse
 // (out in the problem's padded layout, so padding can be checked).
 void gpu_decode(const HostProblem& p, int parts, Result& r, cudaStream_t stream = nullptr) {
-  DeviceBuffer q, k, table, seqlens, md, ns, out, lse, ws;
-  upload(q, p.q);
-  upload(k, p.k_cache);
-  upload(table, p.block_table);
-  upload(seqlens, p.seqlens);
-  device_plan(seqlens, p.batch, parts, md, ns, stream);
+  DeviceProblem d;
+  to_device(p, parts, d, stream);
   if (::testing::Test::HasFatalFailure()) return;
-  CUDA_OK(out.alloc(p.out.size() * sizeof(uint16_t)));
-  CUDA_OK(lse.alloc(p.lse.size() * sizeof(float)));
-  CUDA_OK(cudaMemset(out.get(), 0xFF, out.bytes()));  // NaN in bf16, fp16 and float
-  CUDA_OK(cudaMemset(lse.get(), 0xFF, lse.bytes()));
-  const size_t ws_bytes = flashmla::decode_workspace_size(p.batch, p.spec.s_q, p.spec.h_q, p.spec.h_kv, parts);
-  CUDA_OK(ws.alloc(ws_bytes));
-  CUDA_OK(cudaMemset(ws.get(), 0xFF, ws.bytes()));
-
-  HostProblem shape = p;  // args() over host vectors; swap in the device pointers
-  DecodeArgs a = shape.args();
-  a.backend = Backend::kCuda;
-  a.q = q.get();
-  a.k_cache = k.get();
-  a.block_table = table.as<int32_t>();
-  a.cache_seqlens = seqlens.as<int32_t>();
-  a.tile_scheduler_metadata = md.as<int32_t>();
-  a.num_splits = ns.as<int32_t>();
-  a.num_sm_parts = parts;
-  a.out = out.get();
-  a.softmax_lse = lse.as<float>();
-  STATUS_OK(flashmla::mla_decode(a, ws.get(), ws_bytes, stream));
+  STATUS_OK(flashmla::mla_decode(d.args, d.ws.get(), d.ws.bytes(), stream));
   CUDA_OK(cudaStreamSynchronize(stream));
   CUDA_OK(cudaGetLastError());
-  download(r.out, out, p.out.size());
-  download(r.lse, lse, p.lse.size());
+  download_result(p, d, r);
 }
 
 void host_reference(HostProblem& p, Result& r) {
@@ -522,26 +541,28 @@ class GpuQuick : public Gpu {};
 // Dispatch: which kernel family runs, and the FLASHMLA_KERNEL switch
 // ---------------------------------------------------------------------------------------------
 
-// Sets FLASHMLA_KERNEL for one scope and restores the previous value.
-class ScopedKernelEnv {
+// Sets an environment variable (FLASHMLA_KERNEL, FLASHMLA_PDL) for one scope, or unsets it
+// (nullptr), and restores the previous value.
+class ScopedEnv {
  public:
-  explicit ScopedKernelEnv(const char* value) {
-    const char* old = std::getenv(flashmla::kKernelEnvVar);
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
     had_old_ = old != nullptr;
     if (had_old_) old_ = old;
-    if (value == nullptr)
-      unsetenv(flashmla::kKernelEnvVar);
-    else
-      setenv(flashmla::kKernelEnvVar, value, 1);
+    set(value);
   }
-  ~ScopedKernelEnv() {
-    if (had_old_)
-      setenv(flashmla::kKernelEnvVar, old_.c_str(), 1);
-    else
-      unsetenv(flashmla::kKernelEnvVar);
-  }
+  ~ScopedEnv() { set(had_old_ ? old_.c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
+  void set(const char* value) {
+    if (value == nullptr)
+      unsetenv(name_);
+    else
+      setenv(name_, value, 1);
+  }
+  const char* name_;
   bool had_old_ = false;
   std::string old_;
 };
@@ -560,19 +581,19 @@ TEST_F(GpuDispatch, HopperWhenPossiblePortableOtherwise) {
     SCOPED_TRACE("page_size=" + std::to_string(page));
     const bool sm90_can = hopper && page % 64 == 0;
     {
-      ScopedKernelEnv env(nullptr);
+      ScopedEnv env(flashmla::kKernelEnvVar, nullptr);
       const char* name = flashmla::decode_kernel_name(args);
       ASSERT_NE(name, nullptr);
       EXPECT_STREQ(name, sm90_can ? "sm90" : "portable");
     }
     {
-      ScopedKernelEnv env("portable");
+      ScopedEnv env(flashmla::kKernelEnvVar, "portable");
       const char* name = flashmla::decode_kernel_name(args);
       ASSERT_NE(name, nullptr);
       EXPECT_STREQ(name, "portable");
     }
     {
-      ScopedKernelEnv env("sm90");
+      ScopedEnv env(flashmla::kKernelEnvVar, "sm90");
       const char* name = flashmla::decode_kernel_name(args);
       if (sm90_can) {
         ASSERT_NE(name, nullptr);
@@ -582,10 +603,140 @@ TEST_F(GpuDispatch, HopperWhenPossiblePortableOtherwise) {
       }
     }
     {
-      ScopedKernelEnv env("fastest");
+      ScopedEnv env(flashmla::kKernelEnvVar, "fastest");
       EXPECT_EQ(flashmla::decode_kernel_name(args), nullptr);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programmatic dependent launch of the combine (compute capability 9.0+), and FLASHMLA_PDL
+// ---------------------------------------------------------------------------------------------
+
+// Long requests split over many SM parts next to short ones: many partials for the combine.
+HostProblem split_problem() {
+  ProblemSpec spec;
+  spec.h_q = 16;
+  spec.seqlens = {12000, 300, 0, 5000};
+  return make_problem(spec);
+}
+
+template <typename T>
+::testing::AssertionResult same_bits(const std::vector<T>& a, const std::vector<T>& b, const char* what) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << what << ": sizes differ";
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0)
+      return ::testing::AssertionFailure() << what << "[" << i << "] differs: " << a[i] << " vs " << b[i];
+  return ::testing::AssertionSuccess();
+}
+
+// Programmatic edges (a kernel launched as a programmatic dependent of the one before) of a graph.
+int programmatic_edges(cudaGraph_t graph) {
+#if CUDART_VERSION >= 13000
+  auto get_edges = cudaGraphGetEdges;
+#else
+  auto get_edges = cudaGraphGetEdges_v2;
+#endif
+  size_t n = 0;
+  EXPECT_EQ(get_edges(graph, nullptr, nullptr, nullptr, &n), cudaSuccess);
+  std::vector<cudaGraphNode_t> from(n), to(n);
+  std::vector<cudaGraphEdgeData> data(n);
+  EXPECT_EQ(get_edges(graph, from.data(), to.data(), data.data(), &n), cudaSuccess);
+  int programmatic = 0;
+  for (size_t i = 0; i < n; ++i) programmatic += data[i].type == cudaGraphDependencyTypeProgrammatic;
+  return programmatic;
+}
+
+class GpuPdl : public Gpu {
+ protected:
+  int parts(const HostProblem& p) const { return flashmla::num_sm_parts(props_.sms, p.spec.s_q * p.spec.h_q, 1); }
+};
+
+// The overlap changes when the combine runs, never what it computes.
+TEST_F(GpuPdl, SameBitsWithAndWithout) {
+  HostProblem p = split_problem();
+  SCOPED_TRACE(p.spec.describe());
+  Result with, without, ref;
+  {
+    ScopedEnv env(flashmla::kPdlEnvVar, "1");
+    gpu_decode(p, parts(p), with);
+  }
+  ASSERT_FALSE(HasFatalFailure());
+  {
+    ScopedEnv env(flashmla::kPdlEnvVar, "0");
+    gpu_decode(p, parts(p), without);
+  }
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_TRUE(same_bits(with.out, without.out, "out"));
+  EXPECT_TRUE(same_bits(with.lse, without.lse, "lse"));
+  host_reference(p, ref);
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_TRUE(outputs_match_reference(p, with.out, with.lse, as_truth(p, ref), gpu_tolerance(p.spec.dtype)));
+
+  DeviceProblem d;
+  to_device(p, parts(p), d, nullptr);
+  ASSERT_FALSE(HasFatalFailure());
+  ScopedEnv env(flashmla::kPdlEnvVar, "on");
+  const flashmla::Status st = flashmla::mla_decode(d.args, d.ws.get(), d.ws.bytes(), nullptr);
+  EXPECT_FALSE(st.ok());
+  EXPECT_THAT(st.message(), ::testing::HasSubstr(flashmla::kPdlEnvVar));
+}
+
+// Stream capture keeps the programmatic edge (CUDA 12.3+), and the graph replays to the same bits.
+TEST_F(GpuPdl, GraphCaptureAndReplay) {
+  HostProblem p = split_problem();
+  SCOPED_TRACE(p.spec.describe());
+  Result eager;
+  {
+    ScopedEnv env(flashmla::kPdlEnvVar, "0");
+    gpu_decode(p, parts(p), eager);
+  }
+  ASSERT_FALSE(HasFatalFailure());
+  DeviceProblem d;
+  to_device(p, parts(p), d, nullptr);  // the plan, outside the graph
+  ASSERT_FALSE(HasFatalFailure());
+  CUDA_OK(cudaDeviceSynchronize());
+
+  // Programmatic edges: none when off or before sm_90. The default build's sm_90a code runs on
+  // compute capability 9.0 only, where the combine must be programmatic; on newer GPUs that
+  // depends on the targets the library was built for (compute_80 PTX has no griddepcontrol).
+  bool sm90_code_runs = false;
+  {
+    ScopedEnv env(flashmla::kKernelEnvVar, nullptr);
+    const char* name = flashmla::decode_kernel_name(d.args);
+    sm90_code_runs = name != nullptr && std::string(name) == "sm90";
+  }
+
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (const char* pdl : {"1", "0"}) {
+    SCOPED_TRACE(std::string(flashmla::kPdlEnvVar) + "=" + pdl);
+    ScopedEnv env(flashmla::kPdlEnvVar, pdl);
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const flashmla::Status st = flashmla::mla_decode(d.args, d.ws.get(), d.ws.bytes(), stream);
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    ASSERT_TRUE(st.ok()) << st.message();
+    const bool off = std::string(pdl) == "0" || props_.major < 9;
+    if (off || sm90_code_runs) {
+      EXPECT_EQ(programmatic_edges(graph), off ? 0 : 1);
+    }
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 3; ++replay) {
+      for (const DeviceBuffer* b : {&d.out, &d.lse, &d.ws}) CUDA_OK(cudaMemsetAsync(b->get(), 0xFF, b->bytes(), stream));
+      CUDA_OK(cudaGraphLaunch(exec, stream));
+      CUDA_OK(cudaStreamSynchronize(stream));
+      Result got;
+      download_result(p, d, got);
+      ASSERT_FALSE(HasFatalFailure());
+      EXPECT_TRUE(same_bits(got.out, eager.out, "out")) << "replay " << replay;
+      EXPECT_TRUE(same_bits(got.lse, eager.lse, "lse")) << "replay " << replay;
+    }
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaGraphDestroy(graph));
+  }
+  CUDA_OK(cudaStreamDestroy(stream));
 }
 
 TEST_F(GpuQuick, Metadata) {
