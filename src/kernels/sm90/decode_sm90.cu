@@ -118,9 +118,8 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
     const int blocks = piece.num_key_blocks(Tr::kBlockN);
-    // Two stages hold too few bytes to cover HBM latency on their own (docs/PERF.md): blocks
-    // l2_prefetch_blocks ahead of the one being loaded are requested into L2 first, so the
-    // TMA load that follows mostly waits for L2, not HBM.
+    // Optional (off by default, docs/PERF.md): blocks l2_prefetch_blocks ahead of the one being
+    // loaded are requested into L2 first, so the TMA load that follows waits for L2, not HBM.
     auto prefetch = [&](int n) {
       if (n >= blocks) return;
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;

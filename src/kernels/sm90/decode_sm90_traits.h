@@ -12,8 +12,10 @@ struct Sm90Traits {
   static constexpr int kBlockN = flashmla::kSchedBlockKeys;
   static_assert(kBlockM == 64 && kBlockN == 64, "the wgmma shapes below assume 64 x 64 tiles");
   static constexpr int kStages = 2;
-  // Key blocks requested into L2 ahead of the block being loaded into shared memory.
-  static constexpr int kL2PrefetchBlocks = 2;
+  // Key blocks requested into L2 ahead of the block being loaded into shared memory. Off: on
+  // the H200 every distance tried (2, 4, 8; tensor-map or bulk prefetch) was slower than none
+  // (docs/PERF.md, third version); FLASHMLA_SM90_L2_PREFETCH=n turns it on for experiments.
+  static constexpr int kL2PrefetchBlocks = 0;
 
   // Warpgroups: 0 computes S = Q K^T, the softmax and O[:, 0:256); 1 computes O[:, 256:512);
   // 2 is the producer (one thread issues the TMA loads). setmaxnreg moves the producer's
