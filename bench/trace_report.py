@@ -13,6 +13,9 @@ event of the first key blocks. Per launch this prints the medians over blocks, i
   period   issue of block n -> issue of block n + 1 (the pipeline's rate; the HBM share of
            one SM needs <= 2.1 µs per 72 KB block at 4.5 TB/s over 132 SMs)
   stall    release of block n -> last box of block n + 1 landed (consumers waiting for data)
+and, from every CTA's start and end (%globaltimer), how unevenly the CTAs finish: the spread of
+start times, and the end times after the first start (min / median / max, µs); the call lasts
+as long as its slowest CTA.
 """
 
 import argparse
@@ -55,11 +58,22 @@ def main():
     print("| launch | grid | L2 prefetch | CTA | blocks | load | first | scores | rest | wg1 | period | stall |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with open(args.trace) as f:
-        for i, line in enumerate(f):
-            launch = json.loads(line)
-            for c, n, *t in report(launch, args.mhz):
-                cells = " | ".join(f"{x:.2f}" for x in t)
-                print(f"| {i} | {launch['grid']} | {launch['l2_prefetch']} | {c} | {n} | {cells} |")
+        launches = [json.loads(line) for line in f]
+    for i, launch in enumerate(launches):
+        for c, n, *t in report(launch, args.mhz):
+            cells = " | ".join(f"{x:.2f}" for x in t)
+            print(f"| {i} | {launch['grid']} | {launch['l2_prefetch']} | {c} | {n} | {cells} |")
+    print()
+    print("| launch | CTAs | start spread µs | end min | end median | end max (µs after the first start) |")
+    print("|---|---|---|---|---|---|")
+    for i, launch in enumerate(launches):
+        spans = [s for s in launch.get("spans", []) if s[1] and s[2]]
+        if not spans:
+            continue
+        t0 = min(s[1] for s in spans)
+        ends = sorted((s[2] - t0) / 1e3 for s in spans)
+        spread = (max(s[1] for s in spans) - t0) / 1e3
+        print(f"| {i} | {len(spans)} | {spread:.2f} | {ends[0]:.2f} | {statistics.median(ends):.2f} | {ends[-1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ using namespace ptx90;
 constexpr float kLn2 = 0.693147180559945309f;
 
 // Development trace (FLASHMLA_SM90_TRACE=file): clock64() at pipeline events of the first
-// kTraceCtas CTAs, for the first kTraceBlocks key blocks of each; null pointer when off.
+// kTraceCtas CTAs, for the first kTraceBlocks key blocks of each; then, for the first
+// kTraceSpanCtas CTAs of the grid, the SM it ran on and its start and end (%globaltimer, ns,
+// comparable across SMs). Null pointer when off.
 enum TraceEvent : int { kTrIssue, kTrFirstBox, kTrLastBox, kTrScoresDone, kTrRelease0, kTrRelease1, kTrEvents };
-constexpr int kTraceCtas = 4, kTraceBlocks = 64;
+constexpr int kTraceCtas = 4, kTraceBlocks = 64, kTraceSpanCtas = 1024;
+constexpr int kTraceEventLongs = kTraceCtas * kTrEvents * kTraceBlocks;
+constexpr int kTraceLongs = kTraceEventLongs + 3 * kTraceSpanCtas;  // + {sm, start, end} per CTA
 
 struct Sm90Params {
   DecodeParams p;
@@ -52,7 +56,7 @@ struct Sm90Params {
   // contiguous range instead of through the tensor map; 0 unless the rows of a page are
   // contiguous (then the bytes of 64 tokens, all KV heads).
   uint32_t bulk_prefetch_bytes;
-  long long* trace;        // [kTraceCtas][kTrEvents][kTraceBlocks], or null
+  long long* trace;        // kTraceLongs: [kTraceCtas][kTrEvents][kTraceBlocks], [kTraceSpanCtas][3]; or null
   // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
   // boxes of 64 tokens x 64 channels.
   CUtensorMap k_map;
@@ -96,6 +100,23 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * Tr::k
 __device__ __forceinline__ void trace(const Sm90Params& sp, int event, int n) {
   if (sp.trace != nullptr && n < kTraceBlocks && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z < kTraceCtas)
     sp.trace[(blockIdx.z * kTrEvents + event) * kTraceBlocks + n] = clock64();
+}
+
+// This CTA's SM and start time (start = true) or end time, for the span part of the trace.
+__device__ __forceinline__ void trace_span(const Sm90Params& sp, bool start) {
+  const int cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (sp.trace == nullptr || cta >= kTraceSpanCtas) return;
+  long long* span = sp.trace + kTraceEventLongs + 3 * cta;
+  uint64_t now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  if (start) {
+    uint32_t sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    span[0] = sm;
+    span[1] = (long long)now;
+  } else {
+    span[2] = (long long)now;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,6 +408,7 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
     store_output<T>(p, piece, req, kv_head, tile_row0, tile_rows, r_lo, 0, o, inv, lse);
   }
   named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);  // pairs with warpgroup 1's last arrive
+  if (tid == 0) trace_span(sp, false);
 }
 
 // Warpgroup 1: the right half of the output, with warpgroup 0's P and rescale factors.
@@ -439,6 +461,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
       mbar_init(sm.empty_bar(s), Tr::kConsumerThreads / 32);  // every consumer warp
     }
     mbar_fence_init();
+    trace_span(sp, true);
   }
   __syncthreads();
 
@@ -524,7 +547,7 @@ const char* trace_path() {
 long long* trace_buffer() {
   static long long* buffer = [] {
     void* b = nullptr;
-    return cudaMalloc(&b, sizeof(long long) * kTraceCtas * kTrEvents * kTraceBlocks) == cudaSuccess
+    return cudaMalloc(&b, sizeof(long long) * kTraceLongs) == cudaSuccess
                ? static_cast<long long*>(b)
                : nullptr;
   }();
@@ -532,7 +555,7 @@ long long* trace_buffer() {
 }
 
 void write_trace(const long long* device_buffer, const dim3& grid, cudaStream_t stream) {
-  std::vector<long long> t(size_t(kTraceCtas) * kTrEvents * kTraceBlocks);
+  std::vector<long long> t(kTraceLongs);
   if (cudaMemcpyAsync(t.data(), device_buffer, t.size() * sizeof(long long), cudaMemcpyDeviceToHost, stream) !=
           cudaSuccess ||
       cudaStreamSynchronize(stream) != cudaSuccess)
@@ -552,6 +575,12 @@ void write_trace(const long long* device_buffer, const dim3& grid, cudaStream_t 
       std::fprintf(f, "]");
     }
     std::fprintf(f, "}");
+  }
+  std::fprintf(f, "], \"spans\": [");  // [sm, start ns, end ns] per CTA, in launch order
+  const int ctas = std::min<int>(kTraceSpanCtas, grid.x * grid.y * grid.z);
+  for (int c = 0; c < ctas; ++c) {
+    const long long* span = t.data() + kTraceEventLongs + 3 * c;
+    std::fprintf(f, "%s[%lld, %lld, %lld]", c ? ", " : "", span[0], span[1], span[2]);
   }
   std::fprintf(f, "]}\n");
   std::fclose(f);
@@ -592,7 +621,7 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
     if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusNone) {
       sp.trace = trace_buffer();
       if (sp.trace != nullptr)
-        cudaMemsetAsync(sp.trace, 0, sizeof(long long) * kTraceCtas * kTrEvents * kTraceBlocks, stream);
+        cudaMemsetAsync(sp.trace, 0, sizeof(long long) * kTraceLongs, stream);
     }
   }
   if (Status s = encode_k_map(args, &sp.k_map); !s.ok()) return s;
