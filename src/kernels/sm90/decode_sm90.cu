@@ -52,10 +52,6 @@ constexpr int kTraceLongs = kTraceEventLongs + 3 * kTraceSpanCtas;  // + {sm, st
 struct Sm90Params {
   DecodeParams p;
   int l2_prefetch_blocks;  // Sm90Traits::kL2PrefetchBlocks unless FLASHMLA_SM90_L2_PREFETCH says otherwise
-  // Experiment (FLASHMLA_SM90_L2_PREFETCH_BULK=1): prefetch a block's 64 token rows as one
-  // contiguous range instead of through the tensor map; 0 unless the rows of a page are
-  // contiguous (then the bytes of 64 tokens, all KV heads).
-  uint32_t bulk_prefetch_bytes;
   long long* trace;        // kTraceLongs: [kTraceCtas][kTrEvents][kTraceBlocks], [kTraceSpanCtas][3]; or null
   // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
   // boxes of 64 tokens x 64 channels.
@@ -146,12 +142,6 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
       if (page < 0) return;
-      if (sp.bulk_prefetch_bytes > 0) {
-        bulk_prefetch_l2(static_cast<const uint16_t*>(p.k_cache) + page * p.k_block_stride +
-                             (key0 % p.page_size) * p.k_token_stride,
-                         sp.bulk_prefetch_bytes);
-        return;
-      }
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box)
         tma_prefetch_l2_4d(&sp.k_map, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size), page);
@@ -610,11 +600,6 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
   Sm90Params sp;
   sp.p = params;
   sp.l2_prefetch_blocks = l2_prefetch_blocks();
-  sp.bulk_prefetch_bytes = 0;
-  if (const char* bulk = std::getenv("FLASHMLA_SM90_L2_PREFETCH_BULK"); bulk != nullptr && std::atoi(bulk) == 1 &&
-      args.k_token_stride == int64_t(kHeadDimQK) * args.h_kv && args.k_head_stride == kHeadDimQK &&
-      args.k_block_stride % 8 == 0 && reinterpret_cast<uintptr_t>(args.k_cache) % 16 == 0)
-    sp.bulk_prefetch_bytes = uint32_t(Tr::kBlockN * args.k_token_stride * 2);
   sp.trace = nullptr;
   if (trace_path() != nullptr) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

@@ -57,10 +57,6 @@ __device__ __forceinline__ void tma_prefetch_l2_4d(const void* tensor_map, int c
                "r"(c0), "r"(c1), "r"(c2), "r"(c3)
                : "memory");
 }
-// Starts bringing `bytes` (a multiple of 16) of contiguous global memory into L2.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-}
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
