@@ -1,7 +1,7 @@
 """Summarize the Hopper kernel's pipeline trace (FLASHMLA_SM90_TRACE=file, see docs/PERF.md).
 
     FLASHMLA_SM90_TRACE=trace.jsonl python bench/bench_decode.py --grid upstream --only 128:1:16:8192
-    python bench/trace_report.py trace.jsonl [--mhz 1980]
+    python bench/trace_report.py trace.jsonl [--mhz MHZ]
 
 Each line of the file is one traced launch: for the first CTAs, the SM clock at each pipeline
 event of the first key blocks. Per launch this prints the medians over blocks, in µs:
@@ -16,6 +16,11 @@ event of the first key blocks. Per launch this prints the medians over blocks, i
 and, from every CTA's start and end (%globaltimer), how unevenly the CTAs finish: the spread of
 start times, and the end times after the first start (min / median / max, µs); the call lasts
 as long as its slowest CTA.
+
+Cycles become µs at the SM clock measured during the traced launch itself (clock64 against
+%globaltimer over each CTA's span; traces older than that carry no clock: give --mhz). The
+clock of an eager traced call can differ from the benchmark's graph replays (after the GEMM
+ceiling it was ~1780 MHz, not 1980), so never convert with the replays' figure.
 """
 
 import argparse
@@ -50,19 +55,29 @@ def report(launch, mhz):
     return rows
 
 
+def launch_mhz(launch):
+    """The SM clock during the launch: median over CTAs of clock64 cycles per %globaltimer µs."""
+    rates = [(s[4] - s[3]) / ((s[2] - s[1]) / 1e3) for s in launch.get("spans", [])
+             if len(s) >= 5 and s[3] and s[4] and s[2] > s[1] + 1000]
+    return statistics.median(rates) if rates else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace")
-    ap.add_argument("--mhz", type=float, default=1980.0, help="SM clock to convert cycles (bench's 'SM MHz')")
+    ap.add_argument("--mhz", type=float, help="SM clock to convert cycles (default: measured in the launch)")
     args = ap.parse_args()
-    print("| launch | grid | L2 prefetch | CTA | blocks | load | first | scores | rest | wg1 | period | stall |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| launch | grid | L2 prefetch | MHz | CTA | blocks | load | first | scores | rest | wg1 | period | stall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with open(args.trace) as f:
         launches = [json.loads(line) for line in f]
     for i, launch in enumerate(launches):
-        for c, n, *t in report(launch, args.mhz):
+        mhz = args.mhz or launch_mhz(launch)
+        if mhz is None:
+            raise SystemExit(f"launch {i}: no clock in the trace (an older format): give --mhz")
+        for c, n, *t in report(launch, mhz):
             cells = " | ".join(f"{x:.2f}" for x in t)
-            print(f"| {i} | {launch['grid']} | {launch['l2_prefetch']} | {c} | {n} | {cells} |")
+            print(f"| {i} | {launch['grid']} | {launch['l2_prefetch']} | {mhz:.0f} | {c} | {n} | {cells} |")
     print()
     print("| launch | CTAs | start spread µs | end min | end median | end max (µs after the first start) |")
     print("|---|---|---|---|---|---|")

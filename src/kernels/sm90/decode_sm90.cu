@@ -42,12 +42,14 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 // Development trace (FLASHMLA_SM90_TRACE=file): clock64() at pipeline events of the first
 // kTraceCtas CTAs, for the first kTraceBlocks key blocks of each; then, for the first
-// kTraceSpanCtas CTAs of the grid, the SM it ran on and its start and end (%globaltimer, ns,
-// comparable across SMs). Null pointer when off.
+// kTraceSpanCtas CTAs of the grid, the SM it ran on, its start and end (%globaltimer, ns,
+// comparable across SMs) and clock64() at both (the SM clock's real rate during the call, to
+// convert the events to time). Null pointer when off.
 enum TraceEvent : int { kTrIssue, kTrFirstBox, kTrLastBox, kTrScoresDone, kTrRelease0, kTrRelease1, kTrEvents };
 constexpr int kTraceCtas = 4, kTraceBlocks = 64, kTraceSpanCtas = 1024;
 constexpr int kTraceEventLongs = kTraceCtas * kTrEvents * kTraceBlocks;
-constexpr int kTraceLongs = kTraceEventLongs + 3 * kTraceSpanCtas;  // + {sm, start, end} per CTA
+constexpr int kSpanLongs = 5;  // {sm, start ns, end ns, start clock, end clock}
+constexpr int kTraceLongs = kTraceEventLongs + kSpanLongs * kTraceSpanCtas;
 
 struct Sm90Params {
   DecodeParams p;
@@ -69,7 +71,10 @@ struct Smem {
   __device__ uint32_t full_bar(int s, int box) const {
     return smem_addr(base + Tr::kFullBarOffset + 8 * (s * Tr::kBoxesQK + box));
   }
-  __device__ uint32_t empty_bar(int s) const { return smem_addr(base + Tr::kEmptyBarOffset + 8 * s); }
+  // half 0: boxes [0, kFirstHighBox), released by warpgroup 0; half 1: the rest, by warpgroup 1.
+  __device__ uint32_t empty_bar(int s, int half) const {
+    return smem_addr(base + Tr::kEmptyBarOffset + 8 * (2 * s + half));
+  }
 };
 
 // Ring position of the n-th key block a CTA processes (counted over all its requests).
@@ -102,16 +107,19 @@ __device__ __forceinline__ void trace(const Sm90Params& sp, int event, int n) {
 __device__ __forceinline__ void trace_span(const Sm90Params& sp, bool start) {
   const int cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   if (sp.trace == nullptr || cta >= kTraceSpanCtas) return;
-  long long* span = sp.trace + kTraceEventLongs + 3 * cta;
+  long long* span = sp.trace + kTraceEventLongs + kSpanLongs * cta;
   uint64_t now;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  const long long clock = clock64();
   if (start) {
     uint32_t sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
     span[0] = sm;
     span[1] = (long long)now;
+    span[3] = clock;
   } else {
     span[2] = (long long)now;
+    span[4] = clock;
   }
 }
 
@@ -150,13 +158,15 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       if (sp.l2_prefetch_blocks > 0) prefetch(n + sp.l2_prefetch_blocks);
       const RingSlot slot(block_counter);
-      mbar_wait(sm.empty_bar(slot.stage), slot.parity ^ 1);  // a fresh barrier passes parity 1
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
-      trace(sp, kTrIssue, block_counter);
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
+        if (box == 0 || box == Tr::kFirstHighBox) {  // a fresh barrier passes parity 1
+          mbar_wait(sm.empty_bar(slot.stage, box == 0 ? 0 : 1), slot.parity ^ 1);
+          if (box == 0) trace(sp, kTrIssue, block_counter);
+        }
         const uint32_t full = sm.full_bar(slot.stage, box);
         if (page < 0) {  // nothing to load: the stage keeps stale data, the consumers poison the request
           mbar_arrive(full);
@@ -174,13 +184,17 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
 // Consumers
 // ---------------------------------------------------------------------------------------------
 
-// The query rows of the tile into Q's 9 boxes; rows past the tile are zero. Warpgroup 0 only.
+// Starts loading the query rows of request `req` into Q's 9 boxes (cp.async; wait_q completes
+// it). Rows past the tile are zero, written on the CTA's first request only: nothing else
+// writes them. Warpgroup 0 only.
 template <typename T>
-__device__ void load_q(const DecodeParams& p, int req, int kv_head, int tile_row0, int tile_rows, const Smem& sm) {
+__device__ void issue_q_load(const DecodeParams& p, int req, int kv_head, int tile_row0, int tile_rows,
+                             bool zero_padding_rows, const Smem& sm) {
   constexpr int kChunks = kHeadDimQK * 2 / 16;  // 72 per row
   const RowMap rows{p.q_heads_per_kv};
   const T* q = static_cast<const T*>(p.q);
-  for (int i = threadIdx.x; i < Tr::kBlockM * kChunks; i += 128) {
+  const int loaded_rows = zero_padding_rows ? Tr::kBlockM : tile_rows;
+  for (int i = threadIdx.x; i < loaded_rows * kChunks; i += 128) {
     const int r = i / kChunks, chunk = i % kChunks;
     const int row = tile_row0 + r;
     const bool valid = r < tile_rows;
@@ -190,6 +204,10 @@ __device__ void load_q(const DecodeParams& p, int req, int kv_head, int tile_row
     ptx::cp_async_16(smem_addr(sm.q() + (chunk / 8) * Tr::kBoxBytes + swizzled(r, chunk % 8)), src, valid);
   }
   ptx::cp_async_commit();
+}
+
+// Q is in shared memory, visible to the tensor cores of all of warpgroup 0.
+__device__ __forceinline__ void wait_q() {
   ptx::cp_async_wait<0>();
   fence_proxy_async();
   named_barrier_sync(Tr::kBarQReady, 128);
@@ -265,11 +283,19 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
   const int row_token[2] = {rows.token(tile_row0 + r_lo), rows.token(tile_row0 + r_lo + 8)};
   float o[128];
   int block_counter = 0;
+  // The next request's Q is loaded while the current one finishes (from its last S on), so a
+  // request transition does not wait for a Q round trip.
+  int q_req = part.begin_req;
+  issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, true, sm);
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
     const int blocks = piece.num_key_blocks(Tr::kBlockN);
-    load_q<T>(p, req, kv_head, tile_row0, tile_rows, sm);
+    if (q_req != req) {  // the previous request had no key block
+      q_req = req;
+      issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
+    }
+    wait_q();
     zero_accumulator(o);
     float row_max[2] = {-INFINITY, -INFINITY};  // log2 units: scores * scale_log2
     float row_sum[2] = {0.f, 0.f};              // this thread's columns; reduced over the quad at the end
@@ -283,6 +309,10 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
     for (int n = 0; n < blocks; ++n, ++block_counter) {
       const RingSlot slot(block_counter);
       uint8_t* const stage = sm.k_stage(slot.stage);
+      const int key0 = piece.key_begin + n * Tr::kBlockN;
+      // A bad page index was not loaded (the producer checks it too): the request becomes NaN.
+      // Read before the wait so the block-table round trip overlaps the load.
+      const bool bad_page = block_page(p, req, key0) < 0;
       // S = Q K^T, issued box by box as the boxes land. The wait loop is a branch between wgmma
       // instructions: without a wgmma.fence of our own after it, ptxas inserts one on that
       // path and serializes every wgmma of the kernel (C7520, scripts/check_ptxas.sh).
@@ -303,9 +333,7 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
       if (tid == 0) trace(sp, kTrScoresDone, block_counter);
 
       // s[4j + 2h + e]: row r_lo + 8h, key key0 + 8j + 2 (lane % 4) + e.
-      const int key0 = piece.key_begin + n * Tr::kBlockN;
-      // A bad page index was not loaded (the producer checks it too): the request becomes NaN.
-      poisoned |= block_page(p, req, key0) < 0;
+      poisoned |= bad_page;
       float block_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -370,8 +398,13 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
       // landed, which with two stages serializes the loads: docs/PERF.md, second version.)
       wgmma_wait<0>();
       fence_operands(o);
-      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage, 0));
       if (tid == 0) trace(sp, kTrRelease0, block_counter);
+    }
+    if (blocks > 0 && req < part.end_req) {
+      named_barrier_sync(Tr::kBarQReady, 128);  // every warp's S has read Q
+      q_req = req + 1;
+      issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
     }
     // The CTA's last key block is done; only its output stores remain: the combine may launch.
     if (req == part.end_req) pdl::launch_dependents();
@@ -429,7 +462,7 @@ __device__ void consume_values(const Sm90Params& sp, const MetadataRow& part, in
       issue_pv<T>(o, sm, sm.k_stage(slot.stage), 1);
       wgmma_wait<0>();
       fence_operands(o);
-      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage));
+      if (lane == 0) mbar_arrive(sm.empty_bar(slot.stage, 1));
       if (threadIdx.x == 128) trace(sp, kTrRelease1, block_counter);
       named_barrier_sync(Tr::kBarPFree, Tr::kConsumerThreads);
     }
@@ -448,7 +481,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const 
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tr::kStages; ++s) {
       for (int box = 0; box < Tr::kBoxesQK; ++box) mbar_init(sm.full_bar(s, box), 1);  // producer arrive + TMA bytes
-      mbar_init(sm.empty_bar(s), Tr::kConsumerThreads / 32);  // every consumer warp
+      for (int half = 0; half < 2; ++half) mbar_init(sm.empty_bar(s, half), 4);  // the 4 warps of one warpgroup
     }
     mbar_fence_init();
     trace_span(sp, true);
@@ -566,11 +599,12 @@ void write_trace(const long long* device_buffer, const dim3& grid, cudaStream_t 
     }
     std::fprintf(f, "}");
   }
-  std::fprintf(f, "], \"spans\": [");  // [sm, start ns, end ns] per CTA, in launch order
+  // [sm, start ns, end ns, start clock, end clock] per CTA, in launch order
+  std::fprintf(f, "], \"spans\": [");
   const int ctas = std::min<int>(kTraceSpanCtas, grid.x * grid.y * grid.z);
   for (int c = 0; c < ctas; ++c) {
-    const long long* span = t.data() + kTraceEventLongs + 3 * c;
-    std::fprintf(f, "%s[%lld, %lld, %lld]", c ? ", " : "", span[0], span[1], span[2]);
+    const long long* span = t.data() + kTraceEventLongs + kSpanLongs * c;
+    std::fprintf(f, "%s[%lld, %lld, %lld, %lld, %lld]", c ? ", " : "", span[0], span[1], span[2], span[3], span[4]);
   }
   std::fprintf(f, "]}\n");
   std::fclose(f);

@@ -46,8 +46,11 @@ struct Sm90Traits {
   static constexpr int kRowInvOffset = kRowScaleOffset + kBlockM * 4;  // float[64]: 1 / row sum
   // One "full" barrier per box of each stage, so S starts on the first box that lands.
   static constexpr int kFullBarOffset = kRowInvOffset + kBlockM * 4;  // uint64[kStages][kBoxesQK]
-  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages * kBoxesQK;  // uint64[kStages]
-  static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages;
+  // Each stage is released in two halves, each refilled as soon as its last reader is done:
+  // boxes 0..3 (V[:, 0:256)) by warpgroup 0 after its P V, boxes 4..8 by warpgroup 1 after its.
+  static constexpr int kFirstHighBox = kBoxesPerConsumerV;  // 4
+  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages * kBoxesQK;  // uint64[kStages][2]
+  static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages * 2;
   // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
   static constexpr int kSmemBytes = kSmemUsed + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM: at most 227 KB of shared memory on sm_90");
