@@ -4,12 +4,14 @@
 # ./h200_out). Stages (default: all but bench):
 #   sass     register/spill report and the instructions of the Hopper kernel (HGMMA, UTMALDG)
 #   quick    the quick C++ GPU cases on the Hopper kernel (stops everything if they fail)
-#   ctest    the C++ GPU suites (decode + robustness) on each kernel (FLASHMLA_KERNEL=sm90, portable)
+#   ctest    the C++ GPU suites (decode + robustness) on each kernel: sm90 (the narrow Hopper
+#            kernel where it applies, else the wide one), sm90-wide (FLASHMLA_SM90_NARROW=0: the
+#            wide kernel everywhere), portable
 #   sanitize compute-sanitizer memcheck/racecheck on the quick cases and memcheck on the
 #            robustness cases, for the kernels in $SANITIZE_KERNELS (default: sm90 portable)
 #   pytest   installs flash_mla (a wheel carried in .whl/ if there, else built for sm_90a here)
 #            and runs $PYTEST_FILES (default tests/python)
-# Kernels of the ctest stage: $CTEST_KERNELS (default: sm90 portable).
+# Kernels of the ctest stage: $CTEST_KERNELS (default: sm90 sm90-wide portable).
 #   bench    the benchmark (extra arguments after --, e.g. -- --grid upstream --quick)
 # Usage: bash scripts/h200_check.sh [stage ...] [-- bench args]
 # Expects build/release built here or there (cmake --preset release && cmake --build --preset release).
@@ -27,16 +29,25 @@ done
 [ ${#stages[@]} -eq 0 ] && stages=(sass quick ctest sanitize pytest)
 gpu_tests=build/release/tests/cpp/flashmla_gpu_tests
 robust_tests=build/release/tests/cpp/flashmla_gpu_robustness_tests
-sm90_obj=build/release/CMakeFiles/flashmla_sm90.dir/src/kernels/sm90/decode_sm90.cu.o
+sm90_objs=(build/release/CMakeFiles/flashmla_sm90.dir/src/kernels/sm90/*.cu.o)
 log="$out/summary.txt"
 note() { echo "== $*" | tee -a "$log"; }
+# The environment that selects kernel $1 (sm90, sm90-wide or portable).
+kernel_env() {
+  case $1 in
+    sm90-wide) echo "FLASHMLA_KERNEL=sm90 FLASHMLA_SM90_NARROW=0" ;;
+    *) echo "FLASHMLA_KERNEL=$1" ;;
+  esac
+}
 
 for stage in "${stages[@]}"; do
   case $stage in
     sass)
       note "sass: $(nvidia-smi --query-gpu=name,clocks.sm,power.draw --format=csv,noheader)"
-      cuobjdump -res-usage "$sm90_obj" 2>&1 | grep -E "Function|REG" | tee -a "$log"
-      cuobjdump -sass "$sm90_obj" | grep -oE "\b(HGMMA|UTMALDG|USETMAXREG|LDL|STL)[.A-Z0-9_x]*" | sort | uniq -c | tee -a "$log"
+      for obj in "${sm90_objs[@]}"; do
+        cuobjdump -res-usage "$obj" 2>&1 | grep -E "Function|REG" | tee -a "$log"
+      done
+      for obj in "${sm90_objs[@]}"; do cuobjdump -sass "$obj"; done | grep -oE "\b(HGMMA|UTMALDG|USETMAXREG|LDL|STL)[.A-Z0-9_x]*" | sort | uniq -c | tee -a "$log"
       ;;
     quick)
       note "quick (sm90)"
@@ -44,22 +55,26 @@ for stage in "${stages[@]}"; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || { note "quick FAILED: stopping"; exit 1; }
       ;;
     ctest)
-      for k in ${CTEST_KERNELS:-sm90 portable}; do
-        note "C++ GPU suites, FLASHMLA_KERNEL=$k"
-        { FLASHMLA_KERNEL=$k timeout 200 "$gpu_tests"; echo "rc=$?"; FLASHMLA_KERNEL=$k timeout 100 "$robust_tests"; \
-          echo "rc=$?"; } > "$out/gtest_$k.txt" 2>&1
+      for k in ${CTEST_KERNELS:-sm90 sm90-wide portable}; do
+        note "C++ GPU suites, $(kernel_env "$k")"
+        # shellcheck disable=SC2046  # kernel_env is a list of assignments
+        { env $(kernel_env "$k") timeout 200 "$gpu_tests"; echo "rc=$?"; \
+          env $(kernel_env "$k") timeout 100 "$robust_tests"; echo "rc=$?"; } > "$out/gtest_$k.txt" 2>&1
         grep -E "^rc=|^\[  (PASSED|FAILED|SKIPPED) " "$out/gtest_$k.txt" | head -30 | tee -a "$log"
       done
       ;;
     sanitize)
-      for k in ${SANITIZE_KERNELS:-sm90 portable}; do
+      for k in ${SANITIZE_KERNELS:-sm90 sm90-wide portable}; do
         for tool in memcheck racecheck; do
-          note "compute-sanitizer $tool GpuQuick, FLASHMLA_KERNEL=$k"
-          FLASHMLA_KERNEL=$k timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-            "$gpu_tests" --gtest_filter='GpuQuick.*' 2>&1 | tail -4 | tee -a "$log"
+          note "compute-sanitizer $tool GpuQuick, $(kernel_env "$k")"
+          # shellcheck disable=SC2046
+          env $(kernel_env "$k") timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+            "$gpu_tests" --gtest_filter='GpuQuick.*' > "$out/${tool}_$k.txt" 2>&1
+          tail -4 "$out/${tool}_$k.txt" | tee -a "$log"
         done
-        note "compute-sanitizer memcheck GpuRobustness, FLASHMLA_KERNEL=$k"
-        FLASHMLA_KERNEL=$k timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+        note "compute-sanitizer memcheck GpuRobustness, $(kernel_env "$k")"
+        # shellcheck disable=SC2046
+        env $(kernel_env "$k") timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
           "$robust_tests" 2>&1 | tail -4 | tee -a "$log"
       done
       ;;

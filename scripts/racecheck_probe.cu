@@ -1,24 +1,46 @@
 // Does compute-sanitizer racecheck order shared-memory accesses across a named barrier that
 // only some warpgroups use (bar.sync id, 256 in a 384-thread CTA)? The Hopper decode kernel
 // exchanges row scales between its two consumer warpgroups exactly so (docs/PERF.md).
-// Variant 0: the third warpgroup exits at once (as the kernel's producer threads do);
-// variant 1: it stays and meets the others at a final __syncthreads.
+// Variant 0: the third warpgroup exits at once;
+// variant 1: it stays and meets the others at a final __syncthreads;
+// variant 2: one thread of it stays alive (as the kernel's producer does) and arrives on an
+//            mbarrier each round, which warpgroup 1 waits on before its read (as it waits for
+//            its V boxes) while the rest of the third warpgroup exits.
 // Build: nvcc -gencode=arch=compute_90a,code=sm_90a -o probe scripts/racecheck_probe.cu
-// Run:   compute-sanitizer --tool racecheck ./probe 0 ; ... ./probe 1
+// Run:   compute-sanitizer --tool racecheck ./probe N   (N = 0, 1, 2)
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
+__device__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
 __global__ void probe(int variant, float* out) {
   __shared__ float buf[64];
+  __shared__ uint64_t mbar[4];  // one per round, each completes once: phase parity 0
+  const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(mbar));
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    for (int round = 0; round < 4; ++round) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar + 8 * round));
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
   if (wg == 2) {
-    if (variant == 0) return;
-    __syncthreads();
+    if (variant == 1) __syncthreads();
+    if (variant == 2 && t == 0)
+      for (int round = 0; round < 4; ++round)
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar + 8 * round) : "memory");
     return;
   }
   for (int round = 0; round < 4; ++round) {
     if (wg == 0 && t < 64) buf[t] = float(round + t);  // written by warpgroup 0
     asm volatile("bar.sync 1, 256;" ::: "memory");
+    if (variant == 2 && wg == 1) mbar_wait(bar + 8 * round, 0);
     if (wg == 1 && t < 64) out[round * 64 + t] = buf[t];  // read by warpgroup 1
     asm volatile("bar.sync 2, 256;" ::: "memory");
   }

@@ -29,189 +29,21 @@
 #include "kernels/decode_params.h"
 #include "kernels/sm80/ptx.cuh"
 #include "kernels/sm90/decode_sm90.h"
+#include "kernels/sm90/decode_sm90_narrow.h"
 #include "kernels/sm90/decode_sm90_traits.h"
+#include "kernels/sm90/pipeline_sm90.cuh"
 #include "kernels/sm90/ptx_sm90.cuh"
 #include "kernels/tile_piece.h"
 
 namespace flashmla::sm90 {
 namespace {
 
-using Tr = Sm90Traits;
-using namespace ptx90;
-constexpr float kLn2 = 0.693147180559945309f;
-
-// Development trace (FLASHMLA_SM90_TRACE=file): clock64() at pipeline events of the first
-// kTraceCtas CTAs, for the first kTraceBlocks key blocks of each; then, for the first
-// kTraceSpanCtas CTAs of the grid, the SM it ran on, its start and end (%globaltimer, ns,
-// comparable across SMs) and clock64() at both (the SM clock's real rate during the call, to
-// convert the events to time). Null pointer when off.
-enum TraceEvent : int { kTrIssue, kTrFirstBox, kTrLastBox, kTrScoresDone, kTrRelease0, kTrRelease1, kTrEvents };
-constexpr int kTraceCtas = 4, kTraceBlocks = 64, kTraceSpanCtas = 1024;
-constexpr int kTraceEventLongs = kTraceCtas * kTrEvents * kTraceBlocks;
-constexpr int kSpanLongs = 5;  // {sm, start ns, end ns, start clock, end clock}
-constexpr int kTraceLongs = kTraceEventLongs + kSpanLongs * kTraceSpanCtas;
-
-struct Sm90Params {
-  DecodeParams p;
-  int l2_prefetch_blocks;  // Sm90Traits::kL2PrefetchBlocks unless FLASHMLA_SM90_L2_PREFETCH says otherwise
-  long long* trace;        // kTraceLongs: [kTraceCtas][kTrEvents][kTraceBlocks], [kTraceSpanCtas][3]; or null
-  // The cache as a 4-D tensor [num_blocks][page_size][h_kv][576] (innermost last), read in
-  // boxes of 64 tokens x 64 channels.
-  CUtensorMap k_map;
-};
-
-// Shared-memory buffers of one CTA (layout: Sm90Traits).
-struct Smem {
-  uint8_t* base;  // 1024-byte aligned
-  __device__ uint8_t* q() const { return base + Tr::kQOffset; }
-  __device__ uint8_t* k_stage(int s) const { return base + Tr::kKOffset + s * Tr::kTileBytes; }
-  __device__ uint8_t* p_tile() const { return base + Tr::kPOffset; }
-  __device__ float* row_scale() const { return reinterpret_cast<float*>(base + Tr::kRowScaleOffset); }
-  __device__ float* row_inv() const { return reinterpret_cast<float*>(base + Tr::kRowInvOffset); }
-  __device__ uint32_t full_bar(int s, int box) const {
-    return smem_addr(base + Tr::kFullBarOffset + 8 * (s * Tr::kBoxesQK + box));
-  }
-  // half 0: boxes [0, kFirstHighBox), released by warpgroup 0; half 1: the rest, by warpgroup 1.
-  __device__ uint32_t empty_bar(int s, int half) const {
-    return smem_addr(base + Tr::kEmptyBarOffset + 8 * (2 * s + half));
-  }
-};
-
-// Ring position of the n-th key block a CTA processes (counted over all its requests).
-struct RingSlot {
-  int stage;
-  uint32_t parity;
-  __device__ explicit RingSlot(int n) : stage(n % Tr::kStages), parity((n / Tr::kStages) & 1) {}
-};
-
-// K-major operand: rows x 16 channels starting at `k16` (a multiple of 16) of a 9-box tile.
-__device__ __forceinline__ uint64_t kmajor_desc(const uint8_t* tile, int k16) {
-  const int box = k16 / Tr::kBoxCols, in_box = k16 % Tr::kBoxCols;
-  return smem_desc_sw128(smem_addr(tile + box * Tr::kBoxBytes + in_box * 2), 16, Tr::kSwizzleAtomBytes);
-}
-// V as the MN-major B operand: keys [key16, key16 + 16) x channels [256 * half, +256).
-// Leading offset: from one 64-channel box to the next; stride: from 8 keys to the next 8.
-__device__ __forceinline__ uint64_t v_desc(const uint8_t* stage, int half, int key16) {
-  return smem_desc_sw128(smem_addr(stage + half * Tr::kBoxesPerConsumerV * Tr::kBoxBytes + key16 * Tr::kRowBytes),
-                         Tr::kBoxBytes, Tr::kSwizzleAtomBytes);
-}
-// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 64-row box (128-byte swizzle).
-__device__ __forceinline__ int swizzled(int row, int chunk) { return row * Tr::kRowBytes + ((chunk ^ (row & 7)) << 4); }
-
-__device__ __forceinline__ void trace(const Sm90Params& sp, int event, int n) {
-  if (sp.trace != nullptr && n < kTraceBlocks && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z < kTraceCtas)
-    sp.trace[(blockIdx.z * kTrEvents + event) * kTraceBlocks + n] = clock64();
-}
-
-// This CTA's SM and start time (start = true) or end time, for the span part of the trace.
-__device__ __forceinline__ void trace_span(const Sm90Params& sp, bool start) {
-  const int cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  if (sp.trace == nullptr || cta >= kTraceSpanCtas) return;
-  long long* span = sp.trace + kTraceEventLongs + kSpanLongs * cta;
-  uint64_t now;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-  const long long clock = clock64();
-  if (start) {
-    uint32_t sm;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    span[0] = sm;
-    span[1] = (long long)now;
-    span[3] = clock;
-  } else {
-    span[2] = (long long)now;
-    span[4] = clock;
-  }
-}
+using WideLayout = Sm90Layout<Tr::kBlockM>;
+using WideSmem = Smem<WideLayout>;
 
 // ---------------------------------------------------------------------------------------------
-// Producer
+// Consumers of the wide kernel
 // ---------------------------------------------------------------------------------------------
-// Page of the key block starting at key0, or -1 if the block table holds no valid page there.
-__device__ __forceinline__ int block_page(const DecodeParams& p, int req, int64_t key0) {
-  const int page = p.block_table[int64_t(req) * p.block_table_batch_stride + key0 / p.page_size];
-  return page >= 0 && page < p.num_blocks ? page : -1;
-}
-
-__device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_head, int last_row_token,
-                        const Smem& sm) {
-  const DecodeParams& p = sp.p;
-  prefetch_tensor_map(&sp.k_map);
-  // With one m-block the cache is streamed once per call: evict it first. With several, the
-  // CTAs of the other m-blocks read the same keys at about the same time: keep them.
-  const uint64_t l2_policy = gridDim.x == 1 ? l2_evict_first_policy() : l2_evict_normal_policy();
-  int block_counter = 0;
-  for (int req = part.begin_req; req <= part.end_req; ++req) {
-    const TilePiece piece = tile_piece(p, part, req, last_row_token);
-    const int blocks = piece.num_key_blocks(Tr::kBlockN);
-    // Optional (off by default, docs/PERF.md): blocks l2_prefetch_blocks ahead of the one being
-    // loaded are requested into L2 first, so the TMA load that follows waits for L2, not HBM.
-    auto prefetch = [&](int n) {
-      if (n >= blocks) return;
-      const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
-      const int page = block_page(p, req, key0);
-      if (page < 0) return;
-#pragma unroll
-      for (int box = 0; box < Tr::kBoxesQK; ++box)
-        tma_prefetch_l2_4d(&sp.k_map, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size), page);
-    };
-    for (int n = 0; n < sp.l2_prefetch_blocks; ++n) prefetch(n);
-    for (int n = 0; n < blocks; ++n, ++block_counter) {
-      if (sp.l2_prefetch_blocks > 0) prefetch(n + sp.l2_prefetch_blocks);
-      const RingSlot slot(block_counter);
-      const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
-      const int page = block_page(p, req, key0);
-      const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
-#pragma unroll
-      for (int box = 0; box < Tr::kBoxesQK; ++box) {
-        if (box == 0 || box == Tr::kFirstHighBox) {  // a fresh barrier passes parity 1
-          mbar_wait(sm.empty_bar(slot.stage, box == 0 ? 0 : 1), slot.parity ^ 1);
-          if (box == 0) trace(sp, kTrIssue, block_counter);
-        }
-        const uint32_t full = sm.full_bar(slot.stage, box);
-        if (page < 0) {  // nothing to load: the stage keeps stale data, the consumers poison the request
-          mbar_arrive(full);
-          continue;
-        }
-        mbar_arrive_expect_tx(full, Tr::kBoxBytes);
-        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, full, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size),
-                    page, l2_policy);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Consumers
-// ---------------------------------------------------------------------------------------------
-
-// Starts loading the query rows of request `req` into Q's 9 boxes (cp.async; wait_q completes
-// it). Rows past the tile are zero, written on the CTA's first request only: nothing else
-// writes them. Warpgroup 0 only.
-template <typename T>
-__device__ void issue_q_load(const DecodeParams& p, int req, int kv_head, int tile_row0, int tile_rows,
-                             bool zero_padding_rows, const Smem& sm) {
-  constexpr int kChunks = kHeadDimQK * 2 / 16;  // 72 per row
-  const RowMap rows{p.q_heads_per_kv};
-  const T* q = static_cast<const T*>(p.q);
-  const int loaded_rows = zero_padding_rows ? Tr::kBlockM : tile_rows;
-  for (int i = threadIdx.x; i < loaded_rows * kChunks; i += 128) {
-    const int r = i / kChunks, chunk = i % kChunks;
-    const int row = tile_row0 + r;
-    const bool valid = r < tile_rows;
-    const T* src = valid ? q + req * p.q_batch_stride + rows.token(row) * p.q_token_stride +
-                               rows.head(kv_head, row) * p.q_head_stride + chunk * 8
-                         : q;
-    ptx::cp_async_16(smem_addr(sm.q() + (chunk / 8) * Tr::kBoxBytes + swizzled(r, chunk % 8)), src, valid);
-  }
-  ptx::cp_async_commit();
-}
-
-// Q is in shared memory, visible to the tensor cores of all of warpgroup 0.
-__device__ __forceinline__ void wait_q() {
-  ptx::cp_async_wait<0>();
-  fence_proxy_async();
-  named_barrier_sync(Tr::kBarQReady, 128);
-}
 
 // Writes this thread's share of one consumer's 64 x 256 output: rows r_lo and r_lo + 8 of the
 // tile, columns col0 + 8j + 2 (lane % 4) + {0, 1}.
@@ -263,7 +95,7 @@ __device__ __forceinline__ void rescale_accumulator(float (&o)[128], const float
 
 // O[:, 256 half, +256) += P V over the 64 keys of `stage`, as one wgmma commit group.
 template <typename T>
-__device__ __forceinline__ void issue_pv(float (&o)[128], const Smem& sm, const uint8_t* stage, int half) {
+__device__ __forceinline__ void issue_pv(float (&o)[128], const WideSmem& sm, const uint8_t* stage, int half) {
   wgmma_fence();
 #pragma unroll
   for (int k16 = 0; k16 < Tr::kBlockN; k16 += 16)
@@ -274,7 +106,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[128], const Smem& sm, const 
 // Warpgroup 0: scores, softmax, P, and the left half of the output.
 template <typename T>
 __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, int kv_head, int tile_row0,
-                               int tile_rows, const Smem& sm) {
+                               int tile_rows, const WideSmem& sm) {
   const DecodeParams& p = sp.p;
   const int tid = threadIdx.x, lane = tid % 32;
   const int r_lo = (tid / 32) * 16 + lane / 4;  // this thread's tile rows: r_lo, r_lo + 8
@@ -286,14 +118,14 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
   // The next request's Q is loaded while the current one finishes (from its last S on), so a
   // request transition does not wait for a Q round trip.
   int q_req = part.begin_req;
-  issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, true, sm);
+  issue_q_load<T, WideLayout>(p, q_req, kv_head, tile_row0, tile_rows, true, sm);
 
   for (int req = part.begin_req; req <= part.end_req; ++req) {
     const TilePiece piece = tile_piece(p, part, req, last_row_token);
     const int blocks = piece.num_key_blocks(Tr::kBlockN);
     if (q_req != req) {  // the previous request had no key block
       q_req = req;
-      issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
+      issue_q_load<T, WideLayout>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
     }
     wait_q();
     zero_accumulator(o);
@@ -404,7 +236,7 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
     if (blocks > 0 && req < part.end_req) {
       named_barrier_sync(Tr::kBarQReady, 128);  // every warp's S has read Q
       q_req = req + 1;
-      issue_q_load<T>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
+      issue_q_load<T, WideLayout>(p, q_req, kv_head, tile_row0, tile_rows, false, sm);
     }
     // The CTA's last key block is done; only its output stores remain: the combine may launch.
     if (req == part.end_req) pdl::launch_dependents();
@@ -437,7 +269,7 @@ __device__ void consume_scores(const Sm90Params& sp, const MetadataRow& part, in
 // Warpgroup 1: the right half of the output, with warpgroup 0's P and rescale factors.
 template <typename T>
 __device__ void consume_values(const Sm90Params& sp, const MetadataRow& part, int kv_head, int tile_row0,
-                               int tile_rows, const Smem& sm) {
+                               int tile_rows, const WideSmem& sm) {
   const DecodeParams& p = sp.p;
   const int lane = threadIdx.x % 32;
   const int r_lo = ((threadIdx.x - 128) / 32) * 16 + lane / 4;
@@ -476,16 +308,9 @@ __device__ void consume_values(const Sm90Params& sp, const MetadataRow& part, in
 template <typename T>
 __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_kernel(const __grid_constant__ Sm90Params sp) {
   extern __shared__ uint8_t smem_raw[];
-  const Smem sm{smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023)};
+  const WideSmem sm = smem_view<WideLayout>(smem_raw);
   const DecodeParams& p = sp.p;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < Tr::kStages; ++s) {
-      for (int box = 0; box < Tr::kBoxesQK; ++box) mbar_init(sm.full_bar(s, box), 1);  // producer arrive + TMA bytes
-      for (int half = 0; half < 2; ++half) mbar_init(sm.empty_bar(s, half), 4);  // the 4 warps of one warpgroup
-    }
-    mbar_fence_init();
-    trace_span(sp, true);
-  }
+  if (threadIdx.x == 0) trace_span(sp, true);
   __syncthreads();
 
   const int kv_head = blockIdx.y;
@@ -610,6 +435,36 @@ void write_trace(const long long* device_buffer, const dim3& grid, cudaStream_t 
   std::fclose(f);
 }
 
+// FLASHMLA_SM90_NARROW=0 runs the wide kernel for every row count (for A/B measurements and to
+// test it on narrow tiles too); read once per process. Default: the narrow kernel where it applies.
+bool narrow_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FLASHMLA_SM90_NARROW");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
+}
+
+// The kernel that runs a launch: the narrow one for at most 32 rows per KV head, else the wide.
+struct Variant {
+  const void* fn;
+  int smem_bytes;
+  int rows;   // query rows per tile (grid.x = ceil(rows_per_kv_head / rows))
+  int index;  // for the per-kernel one-time setup: dtype x {wide, narrow 16, narrow 32}
+};
+constexpr int kVariants = 6;
+
+Variant choose_variant(DataType dtype, int rows_per_kv_head) {
+  const int dtype_index = dtype == DataType::kBFloat16 ? 0 : 1;
+  if (narrow_enabled()) {
+    const NarrowKernel k = narrow_kernel(dtype, rows_per_kv_head);
+    if (k.fn != nullptr) return {k.fn, k.smem_bytes, k.rows, 3 * dtype_index + (k.rows == 16 ? 1 : 2)};
+  }
+  const void* wide = dtype == DataType::kBFloat16 ? reinterpret_cast<const void*>(mla_decode_sm90_kernel<__nv_bfloat16>)
+                                                  : reinterpret_cast<const void*>(mla_decode_sm90_kernel<__half>);
+  return {wide, WideLayout::kSmemBytes, Tr::kBlockM, 3 * dtype_index};
+}
+
 }  // namespace
 
 std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs& args) {
@@ -619,8 +474,8 @@ std::string cannot_run(const detail::DeviceFacts& device, const DecodeArgs& args
   if (args.page_size % Tr::kBlockN != 0)
     return "page_size " + std::to_string(args.page_size) + " is not a multiple of " + std::to_string(Tr::kBlockN) +
            " (one TMA box of keys per pipeline stage)";
-  if (device.smem_optin < Tr::kSmemBytes)
-    return "the kernel needs " + std::to_string(Tr::kSmemBytes) + " bytes of shared memory per block, the device allows " +
+  if (device.smem_optin < WideLayout::kSmemBytes)
+    return "the kernel needs " + std::to_string(WideLayout::kSmemBytes) + " bytes of shared memory per block, the device allows " +
            std::to_string(device.smem_optin);
   // TMA steps over every dimension of size > 1 with a non-zero stride.
   if (args.k_token_stride == 0 || (args.h_kv > 1 && args.k_head_stride == 0) ||
@@ -645,19 +500,19 @@ Status launch_decode(const DecodeArgs& args, const DecodeParams& params, const d
   }
   if (Status s = encode_k_map(args, &sp.k_map); !s.ok()) return s;
 
-  auto kernel = args.dtype == DataType::kBFloat16 ? mla_decode_sm90_kernel<__nv_bfloat16> : mla_decode_sm90_kernel<__half>;
-  // Raising the dynamic shared-memory limit costs a driver call: once per device and dtype.
-  static std::once_flag configured[kMaxCudaDevices][2];
+  const Variant v = choose_variant(args.dtype, params.rows_per_kv_head);
+  // Raising the dynamic shared-memory limit costs a driver call: once per device and kernel.
+  static std::once_flag configured[kMaxCudaDevices][kVariants];
   cudaError_t err = cudaSuccess;
-  std::call_once(configured[device.index][args.dtype == DataType::kBFloat16 ? 0 : 1], [&] {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  std::call_once(configured[device.index][v.index], [&] {
+    err = cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem_bytes);
   });
   if (err != cudaSuccess) return Status::Error(std::string("cudaFuncSetAttribute: ") + cudaGetErrorString(err));
 
-  const dim3 grid((params.rows_per_kv_head + Tr::kBlockM - 1) / Tr::kBlockM, params.h_kv, args.num_sm_parts);
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return Status::Error(std::string("mla_decode_sm90_kernel launch: ") + cudaGetErrorString(err));
+  const dim3 grid((params.rows_per_kv_head + v.rows - 1) / v.rows, params.h_kv, args.num_sm_parts);
+  void* kernel_args[] = {&sp};
+  err = cudaLaunchKernel(v.fn, grid, dim3(Tr::kThreads), kernel_args, v.smem_bytes, stream);
+  if (err != cudaSuccess) return Status::Error(std::string("mla_decode_sm90 kernel launch: ") + cudaGetErrorString(err));
   if (sp.trace != nullptr) write_trace(sp.trace, grid, stream);
   return Status::Ok();
 }

@@ -1,5 +1,6 @@
-// Tile sizes, roles and the shared-memory layout of the Hopper (sm_90a) split-KV decode kernel.
-// One place for each number: the kernel and its launcher read them from here.
+// Tile sizes, roles and the shared-memory layouts of the Hopper (sm_90a) split-KV decode kernels
+// (wide: 64 query rows per tile; narrow: 16 or 32). One place for each number: the kernels and
+// their launcher read them from here.
 #pragma once
 
 #include "common/config.h"
@@ -38,22 +39,9 @@ struct Sm90Traits {
   static constexpr int kTileBytes = kBoxesQK * kBoxBytes;    // 73728
   static constexpr int kSwizzleAtomBytes = 8 * kRowBytes;    // 1024: 8 rows of the swizzle pattern
 
-  // Shared memory, in bytes from a 1024-byte aligned base.
-  static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kTileBytes;
-  static constexpr int kPOffset = kKOffset + kStages * kTileBytes;  // P: 64 x 64, one box
-  static constexpr int kRowScaleOffset = kPOffset + kBoxBytes;      // float[64] per block
-  static constexpr int kRowInvOffset = kRowScaleOffset + kBlockM * 4;  // float[64]: 1 / row sum
-  // One "full" barrier per box of each stage, so S starts on the first box that lands.
-  static constexpr int kFullBarOffset = kRowInvOffset + kBlockM * 4;  // uint64[kStages][kBoxesQK]
   // Each stage is released in two halves, each refilled as soon as its last reader is done:
   // boxes 0..3 (V[:, 0:256)) by warpgroup 0 after its P V, boxes 4..8 by warpgroup 1 after its.
   static constexpr int kFirstHighBox = kBoxesPerConsumerV;  // 4
-  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * kStages * kBoxesQK;  // uint64[kStages][2]
-  static constexpr int kSmemUsed = kEmptyBarOffset + 8 * kStages * 2;
-  // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
-  static constexpr int kSmemBytes = kSmemUsed + 1024;
-  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM: at most 227 KB of shared memory on sm_90");
 
   // Named barriers (0 is __syncthreads).
   static constexpr int kBarPReady = 1;  // WG0 wrote P and the row scales; both consumers sync
@@ -61,6 +49,42 @@ struct Sm90Traits {
   // compute-sanitizer racecheck reported the ordered reuse of the buffers as races).
   static constexpr int kBarPFree = 2;
   static constexpr int kBarQReady = 3;  // WG0's Q tile is in shared memory (WG0 only)
+  static constexpr int kBarReduce = 4;  // narrow kernel: WG0's cross-warp column reductions (WG0 only)
+
+  // Query rows per tile of the narrow kernel for a KV head's packed rows (s_q * h_q / h_kv),
+  // or 0: the wide kernel (more than 32 rows, where S^T would not save tensor work).
+  static constexpr int narrow_rows(int rows_per_kv_head) {
+    return rows_per_kv_head <= 16 ? 16 : rows_per_kv_head <= 32 ? 32 : 0;
+  }
+};
+
+// Shared memory of a kernel whose query tile has kRows rows, in bytes from a 1024-byte aligned
+// base. The wide kernel (kRows = 64 = the wgmma M) computes S = Q K^T; the narrow one (kRows =
+// 16 or 32, the wgmma N) computes S^T = K Q^T, so Q and P take a quarter or half the space and
+// the tensor cores do no work for padding rows (docs/ARCHITECTURE.md).
+template <int kRows>
+struct Sm90Layout {
+  using Tr = Sm90Traits;
+  static_assert(kRows % 16 == 0 && kRows <= Tr::kBlockM, "rows: a multiple of 16, at most one wgmma M");
+  static constexpr bool kNarrow = kRows < Tr::kBlockM;
+  static constexpr int kQBoxBytes = kRows * Tr::kRowBytes;  // rows x 64 channels, 128-byte swizzle
+  static constexpr int kKOffset = 0;                           // the ring: kStages tiles of 64 keys
+  static constexpr int kQOffset = kKOffset + Tr::kStages * Tr::kTileBytes;
+  static constexpr int kPOffset = kQOffset + Tr::kBoxesQK * kQBoxBytes;  // P (rows x 64 keys), one box
+  static constexpr int kRowScaleOffset = kPOffset + kQBoxBytes;          // float[kRows] per block
+  static constexpr int kRowInvOffset = kRowScaleOffset + kRows * 4;      // float[kRows]: 1 / row sum
+  // Narrow kernel: per-warp column maxima (two blocks in flight) and sums, float[3][4][kRows].
+  static constexpr int kReduceOffset = kRowInvOffset + kRows * 4;
+  static constexpr int kReduceBytes = kNarrow ? 3 * 4 * kRows * 4 : 0;
+  // One "full" barrier per box of each stage, so S starts on the first box that lands.
+  static constexpr int kFullBarOffset = kReduceOffset + kReduceBytes;  // uint64[kStages][kBoxesQK]
+  static constexpr int kEmptyBarOffset = kFullBarOffset + 8 * Tr::kStages * Tr::kBoxesQK;  // uint64[kStages][2]
+  static constexpr int kSmemUsed = kEmptyBarOffset + 8 * Tr::kStages * 2;
+  // The dynamic shared-memory base is only 16-byte aligned: ask for room to align it.
+  static constexpr int kSmemBytes = kSmemUsed + 1024;
+  static_assert(kQOffset % 1024 == 0 && kPOffset % 1024 == 0 && kQBoxBytes % 1024 == 0,
+                "swizzled tiles start on 1024-byte swizzle atoms");
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM: at most 227 KB of shared memory on sm_90");
 };
 
 }  // namespace flashmla::sm90

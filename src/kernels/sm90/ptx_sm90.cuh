@@ -186,6 +186,49 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t
     FLASHMLA_WGMMA_64x256_TB("f16");
 }
 
+
+// m64 x kN x k16 with kN = 16 or 32 (the narrow kernel's tiles); kTransA = 1 reads A MN-major
+// (V^T straight from the K tile), 0 K-major. B is K-major.
+template <typename T, int kN, int kTransA>
+__device__ __forceinline__ void wgmma_m64nNk16_ss(float (&d)[kN / 2], uint64_t a_desc, uint64_t b_desc,
+                                                  bool accumulate) {
+  static_assert(kN == 16 || kN == 32, "narrow tiles are 16 or 32 columns");
+  constexpr bool kBf16 = WgmmaType<T>::kIsBf16;
+  if constexpr (kN == 16) {
+    if constexpr (kBf16)
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+          : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)), "n"(kTransA));
+    else
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+          : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)), "n"(kTransA));
+  } else {
+    if constexpr (kBf16)
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+            "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+          : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)), "n"(kTransA));
+    else
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+            "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+          : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)), "n"(kTransA));
+  }
+}
+
 #undef FLASHMLA_WGMMA_64x64
 #undef FLASHMLA_WGMMA_64x256_TB
 
