@@ -445,24 +445,24 @@ bool narrow_enabled() {
   return enabled;
 }
 
-// The kernel that runs a launch: the narrow one for at most 32 rows per KV head, else the wide.
+// The kernel that runs a launch: the narrow one for at most 16 rows per KV head, else the wide.
 struct Variant {
   const void* fn;
   int smem_bytes;
   int rows;   // query rows per tile (grid.x = ceil(rows_per_kv_head / rows))
-  int index;  // for the per-kernel one-time setup: dtype x {wide, narrow 16, narrow 32}
+  int index;  // for the per-kernel one-time setup: dtype x {wide, narrow}
 };
-constexpr int kVariants = 6;
+constexpr int kVariants = 4;
 
 Variant choose_variant(DataType dtype, int rows_per_kv_head) {
   const int dtype_index = dtype == DataType::kBFloat16 ? 0 : 1;
   if (narrow_enabled()) {
     const NarrowKernel k = narrow_kernel(dtype, rows_per_kv_head);
-    if (k.fn != nullptr) return {k.fn, k.smem_bytes, k.rows, 3 * dtype_index + (k.rows == 16 ? 1 : 2)};
+    if (k.fn != nullptr) return {k.fn, k.smem_bytes, k.rows, 2 * dtype_index + 1};
   }
   const void* wide = dtype == DataType::kBFloat16 ? reinterpret_cast<const void*>(mla_decode_sm90_kernel<__nv_bfloat16>)
                                                   : reinterpret_cast<const void*>(mla_decode_sm90_kernel<__half>);
-  return {wide, WideLayout::kSmemBytes, Tr::kBlockM, 3 * dtype_index};
+  return {wide, WideLayout::kSmemBytes, Tr::kBlockM, 2 * dtype_index};
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Hopper (sm_90a) split-KV decode kernel for narrow tiles: at most 32 packed query rows per KV
-// head (s_q * h_q / h_kv <= 32, e.g. h_q = 16 or 32 with one KV head).
+// Hopper (sm_90a) split-KV decode kernel for narrow tiles: at most 16 packed query rows per KV
+// head (s_q * h_q / h_kv <= 16, e.g. h_q = 16 with one KV head; the code also takes 32, which
+// measured slower than the wide kernel: Sm90Traits::narrow_rows).
 //
 // The wide kernel puts the query rows on the wgmma M side, which is 64 rows at least: with 16
 // real rows three quarters of its tensor work, and of its Q and P tiles, is padding. Here the
@@ -382,17 +383,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) mla_decode_sm90_narrow_kernel
 }  // namespace
 
 NarrowKernel narrow_kernel(DataType dtype, int rows_per_kv_head) {
-  const int rows = Tr::narrow_rows(rows_per_kv_head);
-  const bool bf16 = dtype == DataType::kBFloat16;
-  if (rows == 16)
-    return {bf16 ? reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__nv_bfloat16, 16>)
-                 : reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__half, 16>),
-            Sm90Layout<16>::kSmemBytes, 16};
-  if (rows == 32)
-    return {bf16 ? reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__nv_bfloat16, 32>)
-                 : reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__half, 32>),
-            Sm90Layout<32>::kSmemBytes, 32};
-  return {nullptr, 0, 0};
+  // One instantiation per dtype: Tr::narrow_rows picks 16 rows or none (32 measured slower
+  // than the wide kernel; the template takes 16 or 32).
+  constexpr int kRows = Tr::kMaxNarrowRows;
+  if (Tr::narrow_rows(rows_per_kv_head) != kRows) return {nullptr, 0, 0};
+  const void* fn = dtype == DataType::kBFloat16
+                       ? reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__nv_bfloat16, kRows>)
+                       : reinterpret_cast<const void*>(mla_decode_sm90_narrow_kernel<__half, kRows>);
+  return {fn, Sm90Layout<kRows>::kSmemBytes, kRows};
 }
 
 }  // namespace flashmla::sm90

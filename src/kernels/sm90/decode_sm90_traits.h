@@ -52,9 +52,11 @@ struct Sm90Traits {
   static constexpr int kBarReduce = 4;  // narrow kernel: WG0's cross-warp column reductions (WG0 only)
 
   // Query rows per tile of the narrow kernel for a KV head's packed rows (s_q * h_q / h_kv),
-  // or 0: the wide kernel (more than 32 rows, where S^T would not save tensor work).
+  // or 0: the wide kernel. Measured on the H200 (docs/PERF.md): narrow wins at 16 rows (308 vs
+  // 323 us, b = 128, 8K) but loses at 32 (360 vs 331), so 17..32 rows stay wide.
+  static constexpr int kMaxNarrowRows = 16;
   static constexpr int narrow_rows(int rows_per_kv_head) {
-    return rows_per_kv_head <= 16 ? 16 : rows_per_kv_head <= 32 ? 32 : 0;
+    return rows_per_kv_head <= kMaxNarrowRows ? kMaxNarrowRows : 0;
   }
 };
 
