@@ -18,10 +18,12 @@ namespace flashmla {
 constexpr int kSchedBlockKeys = 64;
 // Cost of starting one request (loading its Q tile, writing its output), in scheduler blocks.
 constexpr int kFixedOverheadBlocks = 5;
-// Least work, in scheduler units, the plan gives one part: splitting a short request costs a
-// Q load, a partial write and a combine read that outweigh a few blocks of parallelism
-// (FlashMLA uses the same floor).
-constexpr int kMinPartPayload = 2 * kFixedOverheadBlocks;
+// Least work, in scheduler units, the plan gives one part. 1: no floor, short requests spread
+// over as many SMs as they have blocks, as FlashMLA's plan does. On the H200 (docs/PERF.md,
+// 2026-12-03) a floor of 10 units made the serving grid's short cases 1.2-1.9x slower (a CTA
+// walks 5+ blocks in sequence) and helped only b = 1 with ~120 blocks, where our combine of
+// ~120 splits is slow; FLASHMLA_SCHED_MIN_PAYLOAD=n overrides it for experiments.
+constexpr int kMinPartPayload = 1;
 // Query rows (heads of one KV head x query tokens) one CTA processes together.
 constexpr int kBlockM = 64;
 // Grid-dimension limits of the decode and combine launches.

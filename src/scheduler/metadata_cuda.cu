@@ -15,7 +15,8 @@ namespace {
 constexpr int kThreads = 512;
 
 __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int32_t* __restrict__ seqlens, int batch,
-                                                                int parts, int32_t* __restrict__ metadata,
+                                                                int parts, int64_t min_payload,
+                                                                int32_t* __restrict__ metadata,
                                                                 int32_t* __restrict__ num_splits) {
   using Scan = cub::BlockScan<int64_t, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
@@ -30,7 +31,7 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int32_t* _
   for (int i = first; i < last; ++i) my_cost += request_cost(seqlens[i]);
   int64_t c, total;
   Scan(scan_storage).ExclusiveSum(my_cost, c, total);
-  const int64_t payload = part_payload(total, parts);
+  const int64_t payload = part_payload(total, parts, min_payload);
 
   for (int p = threadIdx.x; p <= parts; p += kThreads) {
     cut_req[p] = batch;
@@ -75,7 +76,8 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int32_t* _
 
 Status metadata_cuda(const MetadataArgs& args, cudaStream_t stream) {
   mla_metadata_kernel<<<1, kThreads, 0, stream>>>(args.cache_seqlens, args.batch, args.num_sm_parts,
-                                                     args.tile_scheduler_metadata, args.num_splits);
+                                                     min_part_payload(), args.tile_scheduler_metadata,
+                                                     args.num_splits);
   return check_launch("mla_metadata_kernel");
 }
 

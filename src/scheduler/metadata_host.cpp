@@ -1,8 +1,22 @@
 // Host version of the split plan (split_plan.h): a sequential walk over the requests.
+#include <cstdlib>
 #include <vector>
 
 #include "api/backends.h"
 #include "scheduler/split_plan.h"
+
+namespace flashmla {
+
+int64_t min_part_payload() {
+  static const int64_t floor = [] {
+    const char* env = std::getenv("FLASHMLA_SCHED_MIN_PAYLOAD");
+    const long n = env != nullptr ? std::atol(env) : 0;
+    return n >= 1 ? int64_t(n) : int64_t(kMinPartPayload);
+  }();
+  return floor;
+}
+
+}  // namespace flashmla
 
 namespace flashmla::detail {
 
@@ -12,7 +26,7 @@ void metadata_host(const MetadataArgs& args) {
 
   int64_t total = 0;
   for (int i = 0; i < batch; ++i) total += request_cost(seqlens[i]);
-  const int64_t payload = part_payload(total, parts);
+  const int64_t payload = part_payload(total, parts, min_part_payload());
 
   // Cut p = (request, block, split index of the piece it starts); cuts past the end are (batch, 0).
   std::vector<int32_t> cut_req(parts + 1, batch), cut_blk(parts + 1, 0), cut_split(parts + 1, 0);

@@ -24,12 +24,16 @@ FLASHMLA_HD int sched_blocks(int seqlen) {
 
 FLASHMLA_HD int64_t request_cost(int seqlen) { return kFixedOverheadBlocks + sched_blocks(seqlen); }
 
-// Units per part: an equal share of the total, but at least kMinPartPayload (so short work is
+// Units per part: an equal share of the total, but at least min_payload (so short work is
 // not scattered over idle SMs; parts past the end of the axis stay empty).
-FLASHMLA_HD int64_t part_payload(int64_t total_cost, int num_parts) {
+FLASHMLA_HD int64_t part_payload(int64_t total_cost, int num_parts, int64_t min_payload = kMinPartPayload) {
   const int64_t l = (total_cost + num_parts - 1) / num_parts;
-  return l > kMinPartPayload ? l : kMinPartPayload;
+  return l > min_payload ? l : min_payload;
 }
+
+// The floor both schedulers use: kMinPartPayload, or FLASHMLA_SCHED_MIN_PAYLOAD=n (n >= 1, read
+// once per process) for the experiments of docs/PERF.md. Host only.
+int64_t min_part_payload();
 
 // Block of the request starting at axis position c where the cut at x (c <= x < c + cost) lands.
 FLASHMLA_HD int cut_block(int64_t x, int64_t c) {
