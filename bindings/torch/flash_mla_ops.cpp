@@ -34,6 +34,21 @@ namespace {
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
+// Raises a std::runtime_error (a RuntimeError in Python) whose text is the message alone:
+// torch's STD_TORCH_CHECK would prefix it with this file's name and line, which tells a user
+// nothing. Every message names the argument, what was expected and what was given. The parts
+// are evaluated only on failure (the checks run on every call).
+template <typename... Parts>
+[[noreturn]] void fail(const Parts&... parts) {
+  std::ostringstream message;
+  (message << ... << parts);
+  throw std::runtime_error(message.str());
+}
+#define FLASHMLA_CHECK(ok, ...)     \
+  do {                              \
+    if (!(ok)) fail(__VA_ARGS__);   \
+  } while (0)
+
 // FlashMLA-cpp's host backend has no SM count; CPU tensors plan as if on an H200 (132 SMs), so
 // CPU metadata mirrors what the GPU computes there.
 constexpr int kCpuNumSms = 132;
@@ -45,13 +60,13 @@ constexpr int kCpuNumSms = 132;
 int device_num_sms(bool is_cuda, int device_index) {
   if (!is_cuda) return kCpuNumSms;
   static std::array<std::atomic<int>, 256> cache{};  // 0 = not queried yet
-  STD_TORCH_CHECK(device_index >= 0 && device_index < int(cache.size()),
-                  "flash_mla: unsupported CUDA device index ", device_index);
+  FLASHMLA_CHECK(device_index >= 0 && device_index < int(cache.size()),
+                 "flash_mla: unsupported CUDA device index ", device_index);
   int n = cache[device_index].load(std::memory_order_relaxed);
   if (n == 0) {
     const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index);
-    STD_TORCH_CHECK(err == cudaSuccess, "flash_mla: cudaDeviceGetAttribute(multiProcessorCount) failed: ",
-                    cudaGetErrorString(err));
+    FLASHMLA_CHECK(err == cudaSuccess, "flash_mla: cudaDeviceGetAttribute(multiProcessorCount) failed: ",
+                   cudaGetErrorString(err));
     cache[device_index].store(n, std::memory_order_relaxed);
   }
   return n;
@@ -69,8 +84,8 @@ cudaStream_t current_cuda_stream(int device_index) {
     void* sym = lib ? dlsym(lib, "aoti_torch_get_current_cuda_stream") : nullptr;
     return reinterpret_cast<GetStreamFn>(sym);
   }();
-  STD_TORCH_CHECK(get_stream != nullptr,
-                  "flash_mla: CUDA tensors need a CUDA build of torch (libtorch_cuda.so is not loaded)");
+  FLASHMLA_CHECK(get_stream != nullptr,
+                 "flash_mla: CUDA tensors need a CUDA build of torch (libtorch_cuda.so is not loaded)");
   void* stream = nullptr;
   TORCH_ERROR_CODE_CHECK(get_stream(device_index, &stream));
   return static_cast<cudaStream_t>(stream);
@@ -110,22 +125,22 @@ void check_tensor(const Tensor& t, const char* name, const char* layout,
   for (int64_t want : sizes)
     want_sizes += (want_sizes.size() > 1 ? ", " : "") + (want < 0 ? std::string("*") : std::to_string(want));
   want_sizes += "]";
-  STD_TORCH_CHECK(t.dim() == int64_t(sizes.size()), name, " must be a ", sizes.size(),
-                  "-D tensor ", layout, " = ", want_sizes, ", got a ", shape_of(t));
+  FLASHMLA_CHECK(t.dim() == int64_t(sizes.size()), name, " must be a ", sizes.size(),
+                 "-D tensor ", layout, " = ", want_sizes, ", got a ", shape_of(t));
   int64_t i = 0;
   for (int64_t want : sizes) {
-    STD_TORCH_CHECK(want < 0 || t.size(i) == want, name, " must be a ", sizes.size(), "-D tensor ",
-                    layout, " = ", want_sizes, ", got a ", shape_of(t));
-    STD_TORCH_CHECK(t.size(i) <= INT_MAX, name, " is too large: dim ", i, " has size ", t.size(i));
+    FLASHMLA_CHECK(want < 0 || t.size(i) == want, name, " must be a ", sizes.size(), "-D tensor ",
+                   layout, " = ", want_sizes, ", got a ", shape_of(t));
+    FLASHMLA_CHECK(t.size(i) <= INT_MAX, name, " is too large: dim ", i, " has size ", t.size(i));
     ++i;
   }
-  STD_TORCH_CHECK(t.numel() == 0 || t.size(-1) == 1 || t.stride(-1) == 1, name,
-                  " must be contiguous in its last dim, got stride ", t.stride(-1));
+  FLASHMLA_CHECK(t.numel() == 0 || t.size(-1) == 1 || t.stride(-1) == 1, name,
+                 " must be contiguous in its last dim, got stride ", t.stride(-1));
 }
 
 void check_dtype(const Tensor& t, const char* name, ScalarType want) {
-  STD_TORCH_CHECK(t.scalar_type() == want, name, " must be ", dtype_name(want), ", got ",
-                  dtype_name(t.scalar_type()));
+  FLASHMLA_CHECK(t.scalar_type() == want, name, " must be ", dtype_name(want), ", got ",
+                 dtype_name(t.scalar_type()));
 }
 
 std::string device_of(const Tensor& t) {
@@ -150,8 +165,8 @@ int64_t readable_block_table_cols(const Tensor& block_table, int64_t page_size) 
 }
 
 void check_same_device(const Tensor& t, const char* name, const Tensor& ref, const char* ref_name) {
-  STD_TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name, " (",
-                  device_of(ref), "), got ", device_of(t));
+  FLASHMLA_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name, " (",
+                 device_of(ref), "), got ", device_of(t));
 }
 
 // FlashMLA-cpp's messages already name the argument ("h_q: expected a multiple of h_kv, got 3").
@@ -187,9 +202,9 @@ using flashmla::kWorkspaceAlign;
 // ---------------------------------------------------------------------------------------------
 
 int plan_num_sm_parts(bool is_cuda, int device_index, int64_t q_rows_per_kv_head, int64_t h_kv) {
-  STD_TORCH_CHECK(q_rows_per_kv_head > 0 && q_rows_per_kv_head <= INT_MAX,
-                  "num_q_tokens_per_head_k must be positive (s_q * h_q / h_kv), got ", q_rows_per_kv_head);
-  STD_TORCH_CHECK(h_kv > 0 && h_kv <= INT_MAX, "num_heads_k must be positive, got ", h_kv);
+  FLASHMLA_CHECK(q_rows_per_kv_head > 0 && q_rows_per_kv_head <= INT_MAX,
+                 "num_q_tokens_per_head_k must be positive (s_q * h_q / h_kv), got ", q_rows_per_kv_head);
+  FLASHMLA_CHECK(h_kv > 0 && h_kv <= INT_MAX, "num_heads_k must be positive, got ", h_kv);
   return flashmla::num_sm_parts(device_num_sms(is_cuda, device_index), int(q_rows_per_kv_head), int(h_kv));
 }
 
@@ -224,9 +239,9 @@ std::tuple<Tensor, Tensor> get_mla_metadata(Tensor cache_seqlens, int64_t num_q_
                                             int64_t num_heads_k) {
   check_tensor(cache_seqlens, "cache_seqlens", "[batch]", {-1});
   check_dtype(cache_seqlens, "cache_seqlens", ScalarType::Int);
-  STD_TORCH_CHECK(cache_seqlens.is_cuda() || cache_seqlens.is_cpu(), "cache_seqlens must be a CUDA or CPU tensor, got ",
-                  device_of(cache_seqlens));
-  STD_TORCH_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
+  FLASHMLA_CHECK(cache_seqlens.is_cuda() || cache_seqlens.is_cpu(), "cache_seqlens must be a CUDA or CPU tensor, got ",
+                 device_of(cache_seqlens));
+  FLASHMLA_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
   return make_plan(cache_seqlens, num_q_tokens_per_head_k, num_heads_k);
 }
 
@@ -241,17 +256,17 @@ flashmla::DecodeArgs decode_args(const Tensor& q, const Tensor& k_cache, const T
   check_tensor(k_cache, "k_cache", "[num_blocks, page_size, h_kv, 576]", {-1, -1, -1, D});
   check_tensor(block_table, "block_table", "[batch, max_blocks_per_seq]", {batch, -1});
   check_tensor(cache_seqlens, "cache_seqlens", "[batch]", {batch});
-  STD_TORCH_CHECK(head_dim_v == DV, "head_dim_v must be ", DV, ", got ", head_dim_v);
+  FLASHMLA_CHECK(head_dim_v == DV, "head_dim_v must be ", DV, ", got ", head_dim_v);
 
   const ScalarType dtype = q.scalar_type();
-  STD_TORCH_CHECK(dtype == ScalarType::BFloat16 || dtype == ScalarType::Half,
-                  "q must be torch.bfloat16 or torch.float16, got ", dtype_name(dtype));
+  FLASHMLA_CHECK(dtype == ScalarType::BFloat16 || dtype == ScalarType::Half,
+                 "q must be torch.bfloat16 or torch.float16, got ", dtype_name(dtype));
   check_dtype(k_cache, "k_cache", dtype);
   check_dtype(block_table, "block_table", ScalarType::Int);
   check_dtype(cache_seqlens, "cache_seqlens", ScalarType::Int);
-  STD_TORCH_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
+  FLASHMLA_CHECK(cache_seqlens.is_contiguous(), "cache_seqlens must be contiguous, got stride ", cache_seqlens.stride(0));
 
-  STD_TORCH_CHECK(q.is_cuda() || q.is_cpu(), "q must be a CUDA or CPU tensor, got ", device_of(q));
+  FLASHMLA_CHECK(q.is_cuda() || q.is_cpu(), "q must be a CUDA or CPU tensor, got ", device_of(q));
   check_same_device(k_cache, "k_cache", q, "q");
   check_same_device(block_table, "block_table", q, "q");
   check_same_device(cache_seqlens, "cache_seqlens", q, "q");
@@ -281,9 +296,9 @@ flashmla::DecodeArgs decode_args(const Tensor& q, const Tensor& k_cache, const T
   a.cache_seqlens = static_cast<const int32_t*>(cache_seqlens.const_data_ptr());
   if (softmax_scale.has_value()) {
     // A finite double beyond float's range would turn into inf: name the value given.
-    STD_TORCH_CHECK(std::isfinite(*softmax_scale) && std::fabs(*softmax_scale) <= FLT_MAX,
-                    "flash_mla: softmax_scale: expected a finite float32 value, or None for 1/sqrt(576), got ",
-                    *softmax_scale);
+    FLASHMLA_CHECK(std::isfinite(*softmax_scale) && std::fabs(*softmax_scale) <= FLT_MAX,
+                   "flash_mla: softmax_scale: expected a finite float32 value, or None for 1/sqrt(576), got ",
+                   *softmax_scale);
     a.softmax_scale = float(*softmax_scale);
   }
   a.causal = causal;
@@ -329,8 +344,8 @@ std::tuple<Tensor, Tensor> fwd_kvcache(Tensor q, Tensor k_cache, Tensor block_ta
   check_tensor(num_splits, "num_splits", "[batch + 1]", {a.batch + 1});
   check_dtype(tile_scheduler_metadata, "tile_scheduler_metadata", ScalarType::Int);
   check_dtype(num_splits, "num_splits", ScalarType::Int);
-  STD_TORCH_CHECK(tile_scheduler_metadata.is_contiguous() && num_splits.is_contiguous(),
-                  "tile_scheduler_metadata and num_splits must be contiguous");
+  FLASHMLA_CHECK(tile_scheduler_metadata.is_contiguous() && num_splits.is_contiguous(),
+                 "tile_scheduler_metadata and num_splits must be contiguous");
   check_same_device(tile_scheduler_metadata, "tile_scheduler_metadata", q, "q");
   check_same_device(num_splits, "num_splits", q, "q");
   return run_decode(a, q, tile_scheduler_metadata, num_splits);
