@@ -119,18 +119,21 @@ std::string shape_of(const Tensor& t) {
 // Checks rank, the sizes that are fixed (-1 = any), that every size fits an int, and that the
 // last dim is contiguous. `layout` is how the message spells the expected shape; the sizes it
 // implies follow in numbers ("[batch + 1] = [3]").
+std::string sizes_text(std::initializer_list<int64_t> sizes) {
+  std::string text = "[";
+  for (int64_t want : sizes)
+    text += (text.size() > 1 ? ", " : "") + (want < 0 ? std::string("*") : std::to_string(want));
+  return text + "]";
+}
+
 void check_tensor(const Tensor& t, const char* name, const char* layout,
                   std::initializer_list<int64_t> sizes) {
-  std::string want_sizes = "[";
-  for (int64_t want : sizes)
-    want_sizes += (want_sizes.size() > 1 ? ", " : "") + (want < 0 ? std::string("*") : std::to_string(want));
-  want_sizes += "]";
   FLASHMLA_CHECK(t.dim() == int64_t(sizes.size()), name, " must be a ", sizes.size(),
-                 "-D tensor ", layout, " = ", want_sizes, ", got a ", shape_of(t));
+                 "-D tensor ", layout, " = ", sizes_text(sizes), ", got a ", shape_of(t));
   int64_t i = 0;
   for (int64_t want : sizes) {
     FLASHMLA_CHECK(want < 0 || t.size(i) == want, name, " must be a ", sizes.size(), "-D tensor ",
-                   layout, " = ", want_sizes, ", got a ", shape_of(t));
+                   layout, " = ", sizes_text(sizes), ", got a ", shape_of(t));
     FLASHMLA_CHECK(t.size(i) <= INT_MAX, name, " is too large: dim ", i, " has size ", t.size(i));
     ++i;
   }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "api/backends.h"
@@ -15,14 +16,28 @@
 namespace flashmla::detail {
 namespace {
 
+// A message part: written as is, or, for a callable, what it returns (parts that cost a string
+// to build are passed as lambdas, so a call whose arguments are valid builds no string at all:
+// these checks run on every decode call, in its host time).
+template <typename T>
+void write_part(std::ostream& os, const T& part) {
+  if constexpr (std::is_invocable_v<const T&>)
+    os << part();
+  else
+    os << part;
+}
+
 // Collects the first failed rule as "argument: expected ..., got ...".
 class Checker {
  public:
-  template <typename T>
-  Checker& require(bool ok, const char* name, const std::string& expected, const T& got) {
+  template <typename Expected, typename Got>
+  Checker& require(bool ok, const char* name, const Expected& expected, const Got& got) {
     if (!ok && message_.empty()) {
       std::ostringstream os;
-      os << name << ": expected " << expected << ", got " << got;
+      os << name << ": expected ";
+      write_part(os, expected);
+      os << ", got ";
+      write_part(os, got);
       message_ = os.str();
     }
     return *this;
@@ -110,10 +125,10 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .require(a.s_q >= 1, "s_q", ">= 1", a.s_q)
       .require(a.h_q >= 1, "h_q", ">= 1", a.h_q)
       .require(a.h_kv >= 1, "h_kv", ">= 1", a.h_kv)
-      .require(a.h_kv >= 1 && a.h_q % a.h_kv == 0, "h_q", cat("a multiple of h_kv = ", a.h_kv), a.h_q)
+      .require(a.h_kv >= 1 && a.h_q % a.h_kv == 0, "h_q", [&] { return cat("a multiple of h_kv = ", a.h_kv); }, a.h_q)
       .require(a.h_kv <= kMaxKvHeads, "h_kv", "<= 65535 (a grid dimension)", a.h_kv)
       .require(a.h_kv < 1 || int64_t(a.s_q) * (a.h_q / a.h_kv) <= kMaxRowsPerKvHead, "s_q",
-               cat("s_q * h_q / h_kv <= ", kMaxRowsPerKvHead, " (a grid dimension)"), a.s_q)
+               [] { return cat("s_q * h_q / h_kv <= ", kMaxRowsPerKvHead, " (a grid dimension)"); }, a.s_q)
       .require(a.head_dim_v == kHeadDimV, "head_dim_v", "512 (V is the first 512 of 576 channels)",
                a.head_dim_v)
       .require(!a.softmax_scale.has_value() || std::isfinite(*a.softmax_scale), "softmax_scale",
@@ -124,7 +139,7 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .require(a.page_size >= 1, "page_size", ">= 1 (tokens per k_cache page)", a.page_size)
       .require(a.max_blocks_per_seq >= 1, "max_blocks_per_seq", ">= 1", a.max_blocks_per_seq)
       .require(a.batch == 1 || a.block_table_batch_stride >= a.max_blocks_per_seq, "block_table_batch_stride",
-               cat(">= max_blocks_per_seq = ", a.max_blocks_per_seq, " (rows must not overlap)"),
+               [&] { return cat(">= max_blocks_per_seq = ", a.max_blocks_per_seq, " (rows must not overlap)"); },
                a.block_table_batch_stride)
       .require(int64_t(a.max_blocks_per_seq) * a.page_size <= INT32_MAX, "max_blocks_per_seq",
                "max_blocks_per_seq * page_size to fit in int32", int64_t(a.max_blocks_per_seq) * a.page_size)
@@ -153,7 +168,7 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
       .stride(a.out_head_stride, "out_head_stride")
       .require(outputs_disjoint(a), "out_batch_stride/out_token_stride/out_head_stride",
                "non-overlapping rows of 512 elements (each stride >= the extent of the smaller ones)",
-               describe_out_strides(a))
+               [&] { return describe_out_strides(a); })
       .not_null(a.softmax_lse, "softmax_lse")
       .int_aligned(a.softmax_lse, "softmax_lse")
       .int_aligned(a.attn_sink, "attn_sink");
@@ -167,8 +182,10 @@ Status validate_decode_args(const DecodeArgs& a, const void* workspace, size_t w
     if (a.h_kv >= 1 && a.num_sm_parts >= 1) {
       const size_t need = decode_workspace_size(a.batch, a.s_q, a.h_q, a.h_kv, a.num_sm_parts);
       c.require(workspace_bytes >= need, "workspace_bytes",
-                cat("at least ", need, " bytes (decode_workspace_size(batch = ", a.batch, ", s_q = ", a.s_q,
-                    ", h_q = ", a.h_q, ", h_kv = ", a.h_kv, ", num_sm_parts = ", a.num_sm_parts, "))"),
+                [&] {
+                  return cat("at least ", need, " bytes (decode_workspace_size(batch = ", a.batch, ", s_q = ", a.s_q,
+                             ", h_q = ", a.h_q, ", h_kv = ", a.h_kv, ", num_sm_parts = ", a.num_sm_parts, "))");
+                },
                 workspace_bytes)
           .require(need == 0 || workspace != nullptr, "workspace", "a non-null pointer", "nullptr")
           .require(reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlign == 0, "workspace",
@@ -215,11 +232,13 @@ Status validate_host_plan(const DecodeArgs& a) {
   m.tile_scheduler_metadata = metadata.data();
   m.num_splits = num_splits.data();
   metadata_host(m);
-  const std::string why = cat(" (the plan must be get_mla_metadata's for this call's cache_seqlens and num_sm_parts = ",
-                              a.num_sm_parts, "; one made for other lengths, or modified, is rejected)");
+  auto why = [&] {
+    return cat(" (the plan must be get_mla_metadata's for this call's cache_seqlens and num_sm_parts = ",
+               a.num_sm_parts, "; one made for other lengths, or modified, is rejected)");
+  };
   for (int i = 0; i <= a.batch; ++i)
     if (a.num_splits[i] != num_splits[size_t(i)])
-      return Status::Error(cat("num_splits[", i, "]: expected ", num_splits[size_t(i)], ", got ", a.num_splits[i], why));
+      return Status::Error(cat("num_splits[", i, "]: expected ", num_splits[size_t(i)], ", got ", a.num_splits[i], why()));
   // Only the fields a plan defines: the reserved ones are never read.
   constexpr int kPlanFields = 5;
   static_assert(kPlanFields <= kMetadataInts, "metadata row fields");
@@ -228,7 +247,7 @@ Status validate_host_plan(const DecodeArgs& a) {
       const size_t i = size_t(p) * kMetadataInts + f;
       if (a.tile_scheduler_metadata[i] != metadata[i])
         return Status::Error(cat("tile_scheduler_metadata[", p, "][", f, "]: expected ", metadata[i], ", got ",
-                                 a.tile_scheduler_metadata[i], why));
+                                 a.tile_scheduler_metadata[i], why()));
     }
   return Status::Ok();
 }
