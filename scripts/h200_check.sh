@@ -12,6 +12,8 @@
 #   pytest   installs flash_mla (a wheel carried in .whl/ if there, else built for sm_90a here)
 #            and runs $PYTEST_FILES (default tests/python)
 # Kernels of the ctest stage: $CTEST_KERNELS (default: sm90 sm90-wide portable).
+#   host     host time of one call: the C++ API alone (bench_host_overhead) and one eager Python
+#            call against x.add_(1) (scripts/measure_overhead.py; needs the pytest stage's install)
 #   bench    the benchmark (extra arguments after --, e.g. -- --grid upstream --quick)
 # Usage: bash scripts/h200_check.sh [stage ...] [-- bench args]
 # Expects build/release built here or there (cmake --preset release && cmake --build --preset release).
@@ -90,6 +92,11 @@ for stage in "${stages[@]}"; do
       note "pytest tests/python (GPU)"
       # shellcheck disable=SC2086  # PYTEST_FILES is a list
       timeout "${PYTEST_TIMEOUT:-420}" python3 -m pytest ${PYTEST_FILES:-tests/python} -q -x -rs 2>&1 | tail -40 | tee -a "$log"
+      ;;
+    host)
+      note "host time per call"
+      { timeout 120 build/release/bench_host_overhead; timeout 180 python3 scripts/measure_overhead.py; } 2>&1 \
+        | tee -a "$log"
       ;;
     bench)
       note "bench ${bench_args[*]}"
