@@ -334,6 +334,7 @@ def markdown(results, ceil, meta):
              f"{ceil['gemm_tflops']:.0f} TFLOP/s at {_mhz(ceil['gemm_sm_mhz'])} MHz "
              f"(min {_mhz(ceil['gemm_sm_mhz_min'])}) |",
              f"| {ceil['gemm_dtype']} GEMM 8192³, short burst (best of 10) | {ceil['gemm_tflops_burst']:.0f} TFLOP/s |",
+             f"| launch floor: two tiny kernels replayed from a CUDA graph | {_us(ceil.get('launch_floor_us'))} µs |",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row(r)) + " |" for r in results]
     lines += ["", f"µs: one whole call (get_mla_metadata excluded): CUDA graph of >= {MIN_CALLS} calls over input "
@@ -344,6 +345,10 @@ def markdown(results, ceil, meta):
 
 def _mhz(x):
     return "?" if x is None else f"{x:.0f}"
+
+
+def _us(x):
+    return "?" if x is None else f"{x:.2f}"
 
 
 def git_commit():
