@@ -1,7 +1,9 @@
 // Split-KV combine: out = sum_i w_i * out_i with w_i = exp(lse_i - lse), lse = log sum_i exp(lse_i),
 // then the attention sink, if any: out *= exp(lse) / (exp(lse) + exp(sink[head])).
 //
-// Grid (batch, h_kv, ceil(rows / kRowsPerCta)); one warp per packed query row. Requests the
+// Grid (batch, h_kv, ceil(rows / rows per CTA)); `groups` warps per packed query row (1, 2 or 4)
+// take the request's splits round-robin and add their sums in shared memory: a short batch spread
+// over every SM has ~100 splits per request, which one warp walked in turn, latency-bound. Requests the
 // plan did not split were written by the split-KV kernel: they return at once, or with a sink
 // get their rows rescaled in place. num_splits is read through request_splits(): entries that
 // are not a range inside the workspace (a corrupted plan) give NaN rows, never a read or write
@@ -21,7 +23,7 @@
 namespace flashmla {
 namespace {
 
-constexpr int kRowsPerCta = 4;
+constexpr int kWarpsPerCta = 4;
 constexpr int kColsPerLane = kHeadDimV / 32;  // 16, as 4 float4 loads 128 floats apart
 
 template <typename T>
@@ -61,21 +63,25 @@ __device__ __forceinline__ float sink_factor(const DecodeParams& p, int head, fl
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(kWarpsPerCta * 32)
+    mla_combine_kernel(const __grid_constant__ DecodeParams p, int groups) {
+  __shared__ float4 group_sums[kWarpsPerCta][kColsPerLane / 4][32];
   pdl::wait_for_prerequisite_grid();
   const int req = blockIdx.x, kv_head = blockIdx.y;
   const SplitRange splits = request_splits(p.num_splits, req, p.max_splits);
   const bool unsplit = splits.valid && splits.count == 1;
-  if (unsplit && p.attn_sink == nullptr) return;
-  const int row = blockIdx.z * kRowsPerCta + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (row >= p.rows_per_kv_head) return;
+  if (unsplit && p.attn_sink == nullptr) return;  // the whole CTA: one request
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = warp % groups;
+  const int row = blockIdx.z * (kWarpsPerCta / groups) + warp / groups;
+  if (groups == 1 && row >= p.rows_per_kv_head) return;
+  const bool active = row < p.rows_per_kv_head;  // with groups > 1 every warp reaches the barrier
 
   const RowMap row_map{p.q_heads_per_kv};
   const int token = row_map.token(row), head = row_map.head(kv_head, row);
   T* out = static_cast<T*>(p.out) + req * p.out_batch_stride + token * p.out_token_stride + head * p.out_head_stride;
   float* lse_out = p.softmax_lse + lse_offset(req, p.h_q, p.s_q, head, token);
 
-  if (unsplit) {  // attention sink on a row the split-KV kernel finished
+  if (unsplit && active && group == 0) {  // attention sink on a row the split-KV kernel finished
     const float f = sink_factor(p, head, *lse_out);
 #pragma unroll
     for (int j = 0; j < kColsPerLane / 4; ++j) {
@@ -84,7 +90,9 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
     }
     return;
   }
+  if (unsplit) return;
   if (!splits.valid) {  // num_splits does not describe this request: NaN, touch no workspace
+    if (!active || group != 0) return;
 #pragma unroll
     for (int j = 0; j < kColsPerLane / 4; ++j) store4(out + (j * 32 + lane) * 4, make_float4(NAN, NAN, NAN, NAN));
     if (lane == 0) *lse_out = NAN;
@@ -97,7 +105,7 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
   // Max of the partial lse (-inf: the piece saw no key); NaN anywhere poisons the row.
   float max_lse = -INFINITY;
   bool nan = false;
-  for (int i = lane; i < n_splits; i += 32) {
+  for (int i = lane; active && i < n_splits; i += 32) {
     const float v = p.partial_lse[slot(i)];
     nan |= isnan(v);
     max_lse = fmaxf(max_lse, v);
@@ -107,18 +115,18 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
   nan = __any_sync(0xffffffff, nan);
   const bool empty = max_lse == -INFINITY;
   float sum = 0.f;
-  if (!empty)
+  if (active && !empty)
     for (int i = lane; i < n_splits; i += 32) sum += expf(p.partial_lse[slot(i)] - max_lse);
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
 
   float4 acc[kColsPerLane / 4] = {};
-  if (!empty) {
+  if (active && !empty) {
     const float inv_sum = 1.f / sum;
     // Unrolled so the loads of several partials are in flight at once: with many splits
     // (a long request over many SMs) one split per round trip made this loop latency-bound.
 #pragma unroll 4
-    for (int i = 0; i < n_splits; ++i) {
+    for (int i = group; i < n_splits; i += groups) {
       const float w = expf(p.partial_lse[slot(i)] - max_lse) * inv_sum;
       const float4* src = reinterpret_cast<const float4*>(p.partial_out + slot(i) * kHeadDimV);
 #pragma unroll
@@ -131,12 +139,35 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) mla_combine_kernel(const __g
       }
     }
   }
+  if (groups > 1) {  // the same for the whole grid, so the barrier is uniform
+#pragma unroll
+    for (int j = 0; j < kColsPerLane / 4; ++j) group_sums[warp][j][lane] = acc[j];
+    __syncthreads();
+    if (group != 0 || !active) return;
+    for (int g = 1; g < groups; ++g)
+#pragma unroll
+      for (int j = 0; j < kColsPerLane / 4; ++j) {
+        const float4 v = group_sums[warp + g][j][lane];
+        acc[j] = make_float4(acc[j].x + v.x, acc[j].y + v.y, acc[j].z + v.z, acc[j].w + v.w);
+      }
+  }
   const float lse = nan ? NAN : (empty ? INFINITY : max_lse + logf(sum));
   const float f = sink_factor(p, head, lse);
   for (auto& a : acc) a = nan ? make_float4(NAN, NAN, NAN, NAN) : make_float4(a.x * f, a.y * f, a.z * f, a.w * f);
 #pragma unroll
   for (int j = 0; j < kColsPerLane / 4; ++j) store4(out + (j * 32 + lane) * 4, acc[j]);
   if (lane == 0) *lse_out = lse;
+}
+
+// Warps per row: enough that each walks at most ~4 of a request's splits on average. The plan has
+// at most batch + num_sm_parts splits; how they fall on requests is known only on the GPU. Fewer
+// rows per CTA must keep the grid's z within its limit (kMaxRowsPerKvHead assumes 4 rows per CTA).
+int combine_groups(const DecodeParams& p) {
+  const int64_t mean_splits = (p.max_splits + p.batch - 1) / (p.batch > 0 ? p.batch : 1);
+  const auto z_fits = [&](int groups) { return int64_t(p.rows_per_kv_head) * groups <= kMaxRowsPerKvHead; };
+  int groups = 1;
+  while (groups < kWarpsPerCta && mean_splits > 4 * groups && z_fits(groups * 2)) groups *= 2;
+  return groups;
 }
 
 }  // namespace
@@ -147,12 +178,13 @@ cudaError_t launch_combine(DataType dtype, const DecodeParams& params, bool prog
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(params.batch, params.h_kv, (params.rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta);
-  config.blockDim = dim3(kRowsPerCta * 32);
+  const int groups = combine_groups(params), rows_per_cta = kWarpsPerCta / groups;
+  config.gridDim = dim3(params.batch, params.h_kv, (params.rows_per_kv_head + rows_per_cta - 1) / rows_per_cta);
+  config.blockDim = dim3(kWarpsPerCta * 32);
   config.stream = stream;
   config.attrs = &pdl;
   config.numAttrs = programmatic ? 1 : 0;  // none: an ordinary launch, as on GPUs before sm_90
-  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, params);
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, params, groups);
   const cudaError_t last = cudaGetLastError();  // clears a launch error, as after <<<>>>
   return launched != cudaSuccess ? launched : last;
 }
