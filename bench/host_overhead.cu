@@ -1,17 +1,21 @@
 // Host time of one C++ API call on the GPU, without Python or torch: how much of the eager
 // call's cost is the library itself (argument checks, tensor-map encoding, kernel launches).
 //
-// Times back-to-back calls on a tiny problem (b = 1, s_q = 1, h_q = 16, one 64-token page), so
-// the GPU work is negligible and the wall clock measures the host; a synchronize closes each
-// window. Baselines: an empty kernel launched with <<<>>> and with cudaLaunchKernelEx + the PDL
-// attribute (the two launch styles a decode call uses).
+// Times back-to-back calls on a tiny problem (b = 1, s_q = 1, h_q = 16, one 64-token page), two
+// ways: "host" is the time to enqueue a window of calls short enough that the launch queue never
+// fills (the host's own cost per call); "with GPU" includes the synchronize that closes the
+// window, so it is the larger of host and GPU time per call (a decode is two kernels of a few
+// microseconds each: long windows measured the GPU, not the host). Baselines: an empty kernel
+// launched with <<<>>> and with cudaLaunchKernelEx + the PDL attribute (the two launch styles a
+// decode call uses).
 //
-//     build/release/bench_host_overhead [calls per window, default 2000]
+//     build/release/bench_host_overhead [calls per window, default 100]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -36,20 +40,33 @@ void check(const flashmla::Status& s, const char* what) {
 
 __global__ void empty_kernel() {}
 
-// Best (lowest) microseconds per call over `windows` windows of `calls` calls.
-double time_calls(const std::function<void()>& call, int calls, int windows = 5) {
-  for (int i = 0; i < std::max(50, calls / 10); ++i) call();  // warm-up: lazy init, caches
+struct PerCall {
+  double host, with_gpu;  // microseconds per call, medians over the windows
+};
+
+// Windows of `calls` calls, each starting on an idle GPU.
+PerCall time_calls(const std::function<void()>& call, int calls, int windows = 21) {
+  for (int i = 0; i < 50; ++i) call();  // warm-up: lazy init, caches
   check(cudaDeviceSynchronize(), "warm-up");
-  double best = 1e30;
+  std::vector<double> host, with_gpu;
   for (int w = 0; w < windows; ++w) {
+    using us = std::chrono::duration<double, std::micro>;
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < calls; ++i) call();
+    const auto t1 = std::chrono::steady_clock::now();
     check(cudaDeviceSynchronize(), "window");
-    const std::chrono::duration<double, std::micro> dt = std::chrono::steady_clock::now() - t0;
-    best = std::min(best, dt.count() / calls);
+    const auto t2 = std::chrono::steady_clock::now();
+    host.push_back(us(t1 - t0).count() / calls);
+    with_gpu.push_back(us(t2 - t0).count() / calls);
   }
-  return best;
+  auto median = [](std::vector<double>& v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  return {median(host), median(with_gpu)};
 }
+
+void report(const char* what, const PerCall& t) { std::printf("  %-40s %8.2f %10.2f\n", what, t.host, t.with_gpu); }
 
 template <typename T>
 T* device_copy(const std::vector<T>& host) {
@@ -62,7 +79,7 @@ T* device_copy(const std::vector<T>& host) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int calls = argc > 1 ? std::atoi(argv[1]) : 2000;
+  const int calls = argc > 1 ? std::atoi(argv[1]) : 100;
   int gpus = 0;
   if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
     std::printf("bench_host_overhead: no CUDA device; nothing to measure\n");
@@ -115,16 +132,18 @@ int main(int argc, char** argv) {
     check(cudaLaunchKernelEx(&config, empty_kernel), "cudaLaunchKernelEx");
   };
 
-  std::printf("bench_host_overhead: %s, %d calls per window, best of 5 windows, us per call\n", prop.name, calls);
-  std::printf("  empty kernel <<<>>>                    %7.2f\n", time_calls(launch, calls));
-  std::printf("  empty kernel cudaLaunchKernelEx + PDL  %7.2f\n", time_calls(launch_ex, calls));
-  std::printf("  get_mla_metadata                       %7.2f\n", time_calls(metadata, calls));
-  std::printf("  mla_decode (%s kernel)                %7.2f\n", flashmla::decode_kernel_name(a), time_calls(decode, calls));
+  std::printf("bench_host_overhead: %s, windows of %d calls, median of 21, us per call\n", prop.name, calls);
+  std::printf("  %-40s %8s %10s\n", "", "host", "with GPU");
+  report("empty kernel <<<>>>", time_calls(launch, calls));
+  report("empty kernel cudaLaunchKernelEx + PDL", time_calls(launch_ex, calls));
+  report("get_mla_metadata", time_calls(metadata, calls));
+  const std::string decode_name = std::string("mla_decode (") + flashmla::decode_kernel_name(a) + " kernel)";
+  report(decode_name.c_str(), time_calls(decode, calls));
   setenv(flashmla::kPdlEnvVar, "0", 1);
-  std::printf("  mla_decode, FLASHMLA_PDL=0             %7.2f\n", time_calls(decode, calls));
+  report("mla_decode, FLASHMLA_PDL=0", time_calls(decode, calls));
   unsetenv(flashmla::kPdlEnvVar);
   setenv(flashmla::kKernelEnvVar, "portable", 1);
-  std::printf("  mla_decode, FLASHMLA_KERNEL=portable   %7.2f\n", time_calls(decode, calls));
+  report("mla_decode, FLASHMLA_KERNEL=portable", time_calls(decode, calls));
   unsetenv(flashmla::kKernelEnvVar);
   return 0;
 }

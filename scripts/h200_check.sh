@@ -60,7 +60,7 @@ for stage in "${stages[@]}"; do
       for k in ${CTEST_KERNELS:-sm90 sm90-wide portable}; do
         note "C++ GPU suites, $(kernel_env "$k")"
         # shellcheck disable=SC2046  # kernel_env is a list of assignments
-        { env $(kernel_env "$k") timeout 200 "$gpu_tests"; echo "rc=$?"; \
+        { env $(kernel_env "$k") timeout 400 "$gpu_tests"; echo "rc=$?"; \
           env $(kernel_env "$k") timeout 100 "$robust_tests"; echo "rc=$?"; } > "$out/gtest_$k.txt" 2>&1
         grep -E "^rc=|^\[  (PASSED|FAILED|SKIPPED) " "$out/gtest_$k.txt" | head -30 | tee -a "$log"
       done
