@@ -4,9 +4,13 @@
 // in float64. reference_host() runs it once per request over all keys; decode_host() runs it
 // per piece of the scheduler's split plan and merges the pieces with combine_rows(), exactly
 // the data flow of the GPU path (split-KV kernel + combine kernel), so the two can be compared.
+// Rows are independent, so both spread them over the host's cores (parallel_for); every row is
+// computed by one thread in a fixed order, so the results do not depend on the thread count.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -20,6 +24,27 @@ namespace flashmla::detail {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// fn(i) for i in [0, n), spread over the host's cores; inline when the work is small (a thread
+// start costs tens of microseconds). `cost` estimates the work of all n items in key x row units.
+template <class Fn>
+void parallel_for(int64_t n, int64_t cost, Fn fn) {
+  constexpr int64_t kMinCostPerThread = 1 << 16;
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t threads = std::min({hw, n, std::max<int64_t>(1, cost / kMinCostPerThread), int64_t(64)});
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};  // items of uneven cost (lengths differ): hand them out one by one
+  auto worker = [&] {
+    for (int64_t i = next++; i < n; i = next++) fn(i);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+}
 
 double load(const void* base, int64_t idx, DataType dt) {
   if (dt == DataType::kBFloat16) return double(__bfloat162float(static_cast<const __nv_bfloat16*>(base)[idx]));
@@ -50,6 +75,8 @@ RowResult attend_row(const DecodeArgs& a, int req, int kv_head, int row, int key
 
   const int64_t q_off = req * a.q_batch_stride + token * a.q_token_stride + head * a.q_head_stride;
   const double scale = resolve_softmax_scale(a.softmax_scale);
+  double q[kHeadDimQK];
+  for (int d = 0; d < kHeadDimQK; ++d) q[d] = load(a.q, q_off + d, a.dtype);
   std::vector<double> score(key_end - key_begin);
   std::vector<int64_t> k_off(key_end - key_begin);
   double max_score = -kInf;
@@ -57,7 +84,7 @@ RowResult attend_row(const DecodeArgs& a, int req, int kv_head, int row, int key
     const int page = a.block_table[req * a.block_table_batch_stride + k / a.page_size];
     const int64_t off = page * a.k_block_stride + (k % a.page_size) * a.k_token_stride + kv_head * a.k_head_stride;
     double dot = 0;
-    for (int d = 0; d < kHeadDimQK; ++d) dot += load(a.q, q_off + d, a.dtype) * load(a.k_cache, off + d, a.dtype);
+    for (int d = 0; d < kHeadDimQK; ++d) dot += q[d] * load(a.k_cache, off + d, a.dtype);
     score[k - key_begin] = dot * scale;
     k_off[k - key_begin] = off;
     max_score = std::max(max_score, dot * scale);
@@ -117,10 +144,14 @@ RowResult combine_rows(const std::vector<RowResult>& parts) {
 
 void reference_host(const DecodeArgs& a) {
   const int rows = a.s_q * (a.h_q / a.h_kv);
-  for (int req = 0; req < a.batch; ++req)
-    for (int h = 0; h < a.h_kv; ++h)
-      for (int row = 0; row < rows; ++row)
-        write_final(a, req, h, row, attend_row(a, req, h, row, 0, a.cache_seqlens[req]));
+  int64_t keys = 0;
+  for (int req = 0; req < a.batch; ++req) keys += std::max(a.cache_seqlens[req], 0);
+  // One item per (request, KV head): its rows share the request's keys in cache.
+  parallel_for(int64_t(a.batch) * a.h_kv, keys * a.h_kv * rows, [&](int64_t i) {
+    const int req = int(i / a.h_kv), h = int(i % a.h_kv);
+    for (int row = 0; row < rows; ++row)
+      write_final(a, req, h, row, attend_row(a, req, h, row, 0, a.cache_seqlens[req]));
+  });
 }
 
 void decode_host(const DecodeArgs& a, void* workspace) {
@@ -132,47 +163,48 @@ void decode_host(const DecodeArgs& a, void* workspace) {
 
   // Split-KV phase: every piece of every part, as the GPU kernel's CTAs would. The plan was
   // checked against the lengths (validate_host_plan); it is still read through the same
-  // range-safe helpers as on the GPU.
+  // range-safe helpers as on the GPU. One thread owns each (KV head, row) and everything written
+  // for it (its workspace slots and output rows), so even a corrupted plan (tests call this
+  // without validation) cannot make two threads write one element.
   const auto* plan = reinterpret_cast<const MetadataRow*>(a.tile_scheduler_metadata);
-  for (int p = 0; p < a.num_sm_parts; ++p) {
-    const MetadataRow part = sanitize_part(plan[p], a.batch);
-    for (int req = part.begin_req; req <= part.end_req; ++req) {
-      const PieceKeys keys = piece_keys(part, req, a.cache_seqlens[req]);
-      const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
-      if (!splits.has(keys.split)) continue;  // the combine phase writes the request's NaN rows
-      for (int h = 0; h < a.h_kv; ++h)
-        for (int row = 0; row < rows; ++row) {
-          const RowResult r = attend_row(a, req, h, row, keys.key_begin, keys.key_end);
-          if (splits.count == 1) {
-            write_final(a, req, h, row, r);
-            continue;
-          }
-          const int64_t s = slot(splits.first + keys.split, h, row);
-          std::copy(r.out.begin(), r.out.end(), part_out + s * kHeadDimV);  // narrowed to float like the GPU
-          part_lse[s] = float(r.lse);
-        }
-    }
-  }
-
-  // Combine phase.
-  for (int req = 0; req < a.batch; ++req) {
-    const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
-    if (splits.valid && splits.count == 1) continue;
-    for (int h = 0; h < a.h_kv; ++h)
-      for (int row = 0; row < rows; ++row) {
-        if (!splits.valid) {
-          write_nan(a, req, h, row);
+  int64_t total_keys = 0;
+  for (int req = 0; req < a.batch; ++req) total_keys += std::max(a.cache_seqlens[req], 0);
+  parallel_for(int64_t(a.h_kv) * rows, total_keys * a.h_kv * rows, [&](int64_t i) {
+    const int h = int(i / rows), row = int(i % rows);
+    for (int p = 0; p < a.num_sm_parts; ++p) {
+      const MetadataRow part = sanitize_part(plan[p], a.batch);
+      for (int req = part.begin_req; req <= part.end_req; ++req) {
+        const PieceKeys keys = piece_keys(part, req, a.cache_seqlens[req]);
+        const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
+        if (!splits.has(keys.split)) continue;  // the combine phase writes the request's NaN rows
+        const RowResult r = attend_row(a, req, h, row, keys.key_begin, keys.key_end);
+        if (splits.count == 1) {
+          write_final(a, req, h, row, r);
           continue;
         }
-        std::vector<RowResult> parts(splits.count);
-        for (int i = 0; i < splits.count; ++i) {
-          const int64_t s = slot(splits.first + i, h, row);
-          parts[i].out.assign(part_out + s * kHeadDimV, part_out + (s + 1) * kHeadDimV);
-          parts[i].lse = part_lse[s];
-        }
-        write_final(a, req, h, row, combine_rows(parts));
+        const int64_t s = slot(splits.first + keys.split, h, row);
+        std::copy(r.out.begin(), r.out.end(), part_out + s * kHeadDimV);  // narrowed to float like the GPU
+        part_lse[s] = float(r.lse);
       }
-  }
+    }
+
+    // Combine phase.
+    for (int req = 0; req < a.batch; ++req) {
+      const SplitRange splits = request_splits(a.num_splits, req, ws.max_splits);
+      if (splits.valid && splits.count == 1) continue;
+      if (!splits.valid) {
+        write_nan(a, req, h, row);
+        continue;
+      }
+      std::vector<RowResult> parts(splits.count);
+      for (int j = 0; j < splits.count; ++j) {
+        const int64_t s = slot(splits.first + j, h, row);
+        parts[j].out.assign(part_out + s * kHeadDimV, part_out + (s + 1) * kHeadDimV);
+        parts[j].lse = part_lse[s];
+      }
+      write_final(a, req, h, row, combine_rows(parts));
+    }
+  });
 }
 
 }  // namespace flashmla::detail
