@@ -163,6 +163,10 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
       const RingSlot slot(block_counter);
       const int64_t key0 = piece.key_begin + int64_t(n) * Tr::kBlockN;
       const int page = block_page(p, req, key0);
+      // Once per block, into a register: inside the box loop every barrier operation (an asm
+      // with a memory clobber) made the compiler reload page_size and redo this 64-bit division
+      // for each of the 9 boxes, on the producer's one thread, between its TMA issues.
+      const int token_in_page = int(key0 % p.page_size);
       const uint32_t dst = smem_addr(sm.k_stage(slot.stage));
 #pragma unroll
       for (int box = 0; box < Tr::kBoxesQK; ++box) {
@@ -176,8 +180,8 @@ __device__ void produce(const Sm90Params& sp, const MetadataRow& part, int kv_he
           continue;
         }
         mbar_arrive_expect_tx(full, Tr::kBoxBytes);
-        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, full, box * Tr::kBoxCols, kv_head, int(key0 % p.page_size),
-                    page, l2_policy);
+        tma_load_4d(dst + box * Tr::kBoxBytes, &sp.k_map, full, box * Tr::kBoxCols, kv_head, token_in_page, page,
+                    l2_policy);
       }
     }
   }
