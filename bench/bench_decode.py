@@ -259,6 +259,7 @@ def run_case(c, args, flash_mla, dtype, ceil, clock, target, budget):
     torch.cuda.synchronize()
     mhz, _ = clock.between(t0, time.perf_counter())
     replay_us = [s.elapsed_time(e) * 1e3 / n_calls for s, e in events]
+    sustained = sustain(graph, n_calls, args.sustain, clock) if args.sustain > 0 else {}
     del graph
     kernels = kernel_times(call, n_sets) if args.kernel_times else None
     del sets
@@ -275,7 +276,35 @@ def run_case(c, args, flash_mla, dtype, ceil, clock, target, budget):
         "frac_gemm": tflops / ceil["gemm_tflops"], "sm_mhz": mhz,
         "flashmla_us": ref_us, "speedup": ref_us / us if ref_us else None, "check": verdict,
         **({"kernel_us": kernels} if kernels is not None else {}),
+        **({"sustained_us": sustained["us"], "sustained_tflops": flop / sustained["us"] / 1e6,
+            "sustained_frac_gemm": flop / sustained["us"] / 1e6 / ceil["gemm_tflops"],
+            "sustained_sm_mhz": sustained["sm_mhz"], "sustained_sm_mhz_min": sustained["sm_mhz_min"],
+            "sustained_watts": sustained["watts"], "sustained_replays": sustained["replays"]}
+           if sustained else {}),
     }
+
+
+def sustain(graph, n_calls, seconds, clock):
+    """Replays `graph` back to back for `seconds`, as an engine's steady state does, and reports the
+    second half (after the clock has settled under the power cap): µs per call (median over its
+    replays), the SM clock (median, min) and the power (median W) sampled meanwhile."""
+    import torch
+    pairs, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        pairs.append((time.perf_counter(), start, end))
+        if len(pairs) > 8:
+            pairs[-8][2].synchronize()  # keep a few replays queued, no more
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    half = t0 + (t1 - t0) / 2
+    late = [(s, e) for t, s, e in pairs if t >= half] or [(s, e) for _, s, e in pairs]
+    mhz, mhz_min = clock.between(half, t1)
+    return {"us": statistics.median(s.elapsed_time(e) * 1e3 / n_calls for s, e in late),
+            "sm_mhz": mhz, "sm_mhz_min": mhz_min, "watts": clock.watts_between(half, t1), "replays": len(pairs)}
 
 
 def kernel_times(call, n_sets, calls=20):
@@ -337,10 +366,33 @@ def markdown(results, ceil, meta):
              f"| launch floor: two tiny kernels replayed from a CUDA graph | {_us(ceil.get('launch_floor_us'))} µs |",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row(r)) + " |" for r in results]
+    lines += sustained_table(results, ceil)
     lines += ["", f"µs: one whole call (get_mla_metadata excluded): CUDA graph of >= {MIN_CALLS} calls over input "
               f"sets > 2x L2, median of {meta['repeats']} replays. % of the ceilings above. FlashMLA µs: DeepSeek "
               "FlashMLA's best on an H200, bf16, same method (bench/anchors.py); speedup = FlashMLA µs / µs."]
     return "\n".join(lines)
+
+
+def sustained_table(results, ceil):
+    """The --sustain figures, one row per case that has them (none: no lines)."""
+    rows = [r for r in results if r.get("sustained_us")]
+    if not rows:
+        return []
+    watts = ceil.get("gemm_watts")
+    gemm_watts = "?" if watts is None else f"{watts:.0f}"
+    lines = ["", f"Sustained (each case replayed back to back, second half; the GEMM ceiling: "
+             f"{ceil['gemm_tflops']:.0f} TFLOP/s at {_mhz(ceil['gemm_sm_mhz'])} MHz, {gemm_watts} W):", "",
+             "| grid | b | s_q | h_q | mean seqlen | µs | TFLOP/s | % sustained GEMM | SM MHz (min) | W | "
+             "FlashMLA µs | speedup |", "|" + "---|" * 12]
+    for r in rows:
+        w, ref, us = r.get("sustained_watts"), r.get("flashmla_us"), r["sustained_us"]
+        watts_text = "?" if w is None else f"{w:.0f}"
+        ref_text, speedup_text = ("–", "–") if ref is None else (f"{ref:.1f}", f"{ref / us:.2f}")
+        lines.append(f"| {r['grid']} | {r['b']} | {r['s_q']} | {r['h_q']} | {r['mean_seqlen']:.0f} | {us:.1f} | "
+                     f"{r['sustained_tflops']:.0f} | {100 * r['sustained_frac_gemm']:.0f} | "
+                     f"{_mhz(r['sustained_sm_mhz'])} ({_mhz(r['sustained_sm_mhz_min'])}) | {watts_text} | "
+                     f"{ref_text} | {speedup_text} |")
+    return lines
 
 
 def _mhz(x):
@@ -374,6 +426,10 @@ def main():
                    "(nominal seqlen, e.g. 128:1:16:8192)")
     p.add_argument("--repeats", type=int, default=10, help="timed graph replays per case (median)")
     p.add_argument("--gemm-seconds", type=float, default=2.0, help="duration of the sustained GEMM ceiling")
+    p.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",
+                   help="also replay each case back to back for this long and report its second half: "
+                        "µs, TFLOP/s against the sustained GEMM, SM clock and power (compute-bound cases "
+                        "clock down under the power cap; 0: off)")
     p.add_argument("--json", default="bench_results.json", help="where to write all results")
     p.add_argument("--kernel-times", action="store_true",
                    help="also time each kernel of a call (torch.profiler, eager calls)")

@@ -75,7 +75,8 @@ def copy_bandwidth(nbytes=4 * GiB, repeats=10):
 
 def gemm_rate(dtype, clock, seconds=2.0, n=8192):
     """GEMM rate in FLOP/s: {"burst": best of 10, "sustained": median over `seconds` of back-to-back
-    GEMMs, "sm_mhz"/"sm_mhz_min": the SM clock during the sustained run}."""
+    GEMMs, "sm_mhz"/"sm_mhz_min": the SM clock during the sustained run, "watts": the median
+    power over its second half (None without a reader)}."""
     a = torch.randn(n, n, dtype=dtype, device="cuda")
     b = torch.randn(n, n, dtype=dtype, device="cuda")
     c = torch.empty(n, n, dtype=dtype, device="cuda")
@@ -98,10 +99,11 @@ def gemm_rate(dtype, clock, seconds=2.0, n=8192):
         if len(events) > 48:
             events[-48].synchronize()
     events[-1].synchronize()
-    mhz, mhz_min = clock.between(t0, time.perf_counter())
+    t1 = time.perf_counter()
+    mhz, mhz_min = clock.between(t0, t1)
     ms = statistics.median(s.elapsed_time(e) for s, e in zip(events, events[1:]))
     return {"burst": burst, "sustained": flop / (ms * 1e-3), "gemms": len(events) - 1,
-            "sm_mhz": mhz, "sm_mhz_min": mhz_min}
+            "sm_mhz": mhz, "sm_mhz_min": mhz_min, "watts": clock.watts_between(t0 + (t1 - t0) / 2, t1)}
 
 
 def launch_floor_us(pairs=200, repeats=10):
@@ -148,5 +150,5 @@ def measure(dtype, clock, gemm_seconds=2.0):
         "copy_tbps": copy / 1e12,
         "gemm_tflops": gemm["sustained"] / 1e12, "gemm_tflops_burst": gemm["burst"] / 1e12,
         "gemm_seconds": gemm_seconds, "gemm_count": gemm["gemms"], "gemm_dtype": str(dtype).split(".")[-1],
-        "gemm_sm_mhz": gemm["sm_mhz"], "gemm_sm_mhz_min": gemm["sm_mhz_min"],
+        "gemm_sm_mhz": gemm["sm_mhz"], "gemm_sm_mhz_min": gemm["sm_mhz_min"], "gemm_watts": gemm["watts"],
     }
