@@ -15,6 +15,9 @@
 #   host     host time of one call: the C++ API alone (bench_host_overhead) and one eager Python
 #            call against x.add_(1) (scripts/measure_overhead.py; needs the pytest stage's install)
 #   bench    the benchmark (extra arguments after --, e.g. -- --grid upstream --quick)
+#   ncu      Nsight Compute on one decode launch of each config in $NCU_CONFIGS (default
+#            128:1:128:8192 128:1:16:8192): speed of light, warp stalls, tensor-pipe activity
+#            (needs the pytest stage's install)
 # Usage: bash scripts/h200_check.sh [stage ...] [-- bench args]
 # Expects build/release built here or there (cmake --preset release && cmake --build --preset release).
 set -uo pipefail
@@ -102,6 +105,19 @@ for stage in "${stages[@]}"; do
       note "bench ${bench_args[*]}"
       timeout "${BENCH_TIMEOUT:-540}" python3 bench/bench_decode.py --json "$out/bench.json" "${bench_args[@]}" 2>&1 \
         | grep -vE "it/s|case/s" | tail -100 | tee -a "$log"
+      ;;
+    ncu)
+      for cfg in ${NCU_CONFIGS:-128:1:128:8192 128:1:16:8192}; do
+        note "ncu $cfg"
+        name=$(echo "$cfg" | tr ':' '_')
+        timeout 300 ncu -k regex:mla_decode --launch-skip 2 --launch-count 1 \
+          --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+          --section WarpStateStats --section SchedulerStats --section Occupancy \
+          --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
+          python3 bench/profile_case.py "$cfg" > "$out/ncu_$name.txt" 2>&1
+        grep -E "Duration|SM Frequency|Memory Throughput|DRAM Throughput|Compute \(SM\)|hmma|Issue Slots Busy|No Eligible|Stall" \
+          "$out/ncu_$name.txt" | head -30 | tee -a "$log"
+      done
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
