@@ -12,36 +12,18 @@ import time
 import torch
 
 
-def _clock_reader(device):
-    """A function returning the SM clock in MHz (or None), or None when no reader works here."""
-    try:  # torch's own NVML query: fast, and maps the CUDA device to the NVML one
-        torch.cuda.clock_rate(device)
-        return lambda: torch.cuda.clock_rate(device)
+def _reader(device, torch_query, nvidia_smi_field):
+    """A function returning one GPU reading (or None), or None when no reader works here:
+    torch_query(device) (torch's own NVML query: fast, and it maps the CUDA device to the NVML
+    one), else nvidia-smi's `nvidia_smi_field`."""
+    try:
+        torch_query(device)
+        return lambda: torch_query(device)
     except Exception:
         pass
     uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
     selector = f"GPU-{uuid}" if uuid else str(device)
-    cmd = ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits", "-i", selector]
-
-    def nvidia_smi():
-        try:
-            return int(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
-        except Exception:
-            return None
-
-    return nvidia_smi if nvidia_smi() else None
-
-
-def _power_reader(device):
-    """A function returning the board power in W (or None), or None when no reader works here."""
-    try:  # NVML through torch: milliwatts
-        torch.cuda.power_draw(device)
-        return lambda: torch.cuda.power_draw(device) / 1000.0
-    except Exception:
-        pass
-    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
-    selector = f"GPU-{uuid}" if uuid else str(device)
-    cmd = ["nvidia-smi", "--query-gpu=power.draw", "--format=csv,noheader,nounits", "-i", selector]
+    cmd = ["nvidia-smi", f"--query-gpu={nvidia_smi_field}", "--format=csv,noheader,nounits", "-i", selector]
 
     def nvidia_smi():
         try:
@@ -50,6 +32,16 @@ def _power_reader(device):
             return None
 
     return nvidia_smi if nvidia_smi() else None
+
+
+def _clock_reader(device):
+    """SM clock in MHz."""
+    return _reader(device, torch.cuda.clock_rate, "clocks.sm")
+
+
+def _power_reader(device):
+    """Board power in W (torch reports milliwatts)."""
+    return _reader(device, lambda d: torch.cuda.power_draw(d) / 1000.0, "power.draw")
 
 
 class SmClock:
