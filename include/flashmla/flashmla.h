@@ -166,6 +166,11 @@ const char* decode_kernel_name(const DecodeArgs& args);
 // call: "0" launches it the ordinary way (for A/B measurements), "1" (or unset) is the default.
 constexpr const char* kPdlEnvVar = "FLASHMLA_PDL";
 
+// Backend::kHost (mla_decode and reference_decode) spreads its rows over the host's cores; each
+// row is computed by one thread in a fixed order, so results do not depend on the thread count.
+// FLASHMLA_HOST_THREADS=n, read on every call, caps the threads (1: the calling thread only).
+constexpr const char* kHostThreadsEnvVar = "FLASHMLA_HOST_THREADS";
+
 // ---------------------------------------------------------------------------------------------
 // Reference (host)
 // ---------------------------------------------------------------------------------------------

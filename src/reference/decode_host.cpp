@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include <cuda_fp16.h>
 
 #include "api/backends.h"
+#include "flashmla/flashmla.h"
 #include "common/params.h"
 #include "scheduler/split_plan.h"
 
@@ -25,13 +27,20 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+// Threads the host backend may use: the cores, or FLASHMLA_HOST_THREADS (kHostThreadsEnvVar).
+int64_t host_threads() {
+  const char* env = std::getenv(kHostThreadsEnvVar);
+  const long cap = env != nullptr ? std::strtol(env, nullptr, 10) : 0;
+  return cap >= 1 ? cap : std::max(1u, std::thread::hardware_concurrency());
+}
+
 // fn(i) for i in [0, n), spread over the host's cores; inline when the work is small (a thread
 // start costs tens of microseconds). `cost` estimates the work of all n items in key x row units.
 template <class Fn>
 void parallel_for(int64_t n, int64_t cost, Fn fn) {
   constexpr int64_t kMinCostPerThread = 1 << 16;
-  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t threads = std::min({hw, n, std::max<int64_t>(1, cost / kMinCostPerThread), int64_t(64)});
+  const int64_t threads =
+      std::min({host_threads(), n, std::max<int64_t>(1, cost / kMinCostPerThread), int64_t(64)});
   if (threads <= 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;

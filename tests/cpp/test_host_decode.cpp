@@ -7,6 +7,8 @@
 // bf16/fp16 or within 1e-5 of the row's largest |value| (elements that nearly cancel to zero),
 // lse within 1e-5 relative.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <tuple>
@@ -146,6 +148,35 @@ TEST(SplitVsReferenceWide, ManyHeadsContiguous) {
     EXPECT_TRUE(outputs_close(p, split.out, split.lse, ref.out, ref.lse, 1, kLseRtol, 1e-6, kRowRtol));
     EXPECT_TRUE(outputs_match_reference(p, ref.out, ref.lse, naive_decode(p), Tolerance{1, 0.0, 1e-6}));
   }
+}
+
+// The host backend's rows are spread over threads; one thread owns each row, so the results are
+// bitwise the same with one thread and with many (more threads than this machine has cores).
+TEST(SplitVsReferenceWide, ThreadCountChangesNoBit) {
+  ProblemSpec spec;
+  spec.dtype = DataType::kBFloat16;
+  spec.s_q = 2;
+  spec.h_q = 64;
+  spec.h_kv = 2;
+  spec.causal = true;
+  spec.seqlens = {900, 3, 1300, 0, 64};
+  spec.seed = 21;
+  HostProblem p = make_problem(spec);
+  SCOPED_TRACE(spec.describe());
+  Result ref[2], split[2];
+  const char* counts[2] = {"1", "7"};
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(setenv(flashmla::kHostThreadsEnvVar, counts[i], 1), 0);
+    ASSERT_TRUE(run_reference(p, ref[i]));
+    ASSERT_TRUE(run_split(p, 23, split[i]));
+  }
+  unsetenv(flashmla::kHostThreadsEnvVar);
+  EXPECT_EQ(ref[0].out, ref[1].out);
+  EXPECT_EQ(split[0].out, split[1].out);
+  for (const auto* r : {ref, split})
+    EXPECT_EQ(std::memcmp(r[0].lse.data(), r[1].lse.data(), r[0].lse.size() * sizeof(float)), 0);
+  // And the split path is the reference's result, not only consistent with itself.
+  EXPECT_TRUE(outputs_close(p, split[1].out, split[1].lse, ref[1].out, ref[1].lse, 1, kLseRtol, 1e-6, kRowRtol));
 }
 
 // Peaky softmax (large scores): the combine's max-shifting must keep it exact.
