@@ -154,13 +154,8 @@ TEST(SplitVsReferenceWide, ManyHeadsContiguous) {
 // bitwise the same with one thread and with many (more threads than this machine has cores).
 TEST(SplitVsReferenceWide, ThreadCountChangesNoBit) {
   ProblemSpec spec;
-  spec.dtype = DataType::kBFloat16;
-  spec.s_q = 2;
-  spec.h_q = 64;
-  spec.h_kv = 2;
-  spec.causal = true;
-  spec.seqlens = {900, 3, 1300, 0, 64};
-  spec.seed = 21;
+  spec.dtype = DataType::kBFloat16, spec.s_q = 2, spec.h_q = 64, spec.h_kv = 2, spec.causal = true;
+  spec.seqlens = {900, 3, 1300, 0, 64}, spec.seed = 21;
   HostProblem p = make_problem(spec);
   SCOPED_TRACE(spec.describe());
   Result ref[2], split[2];
