@@ -34,13 +34,21 @@ int64_t host_threads() {
   return cap >= 1 ? cap : std::max(1u, std::thread::hardware_concurrency());
 }
 
+// The work of a decode in key x row units, for parallel_for (double: lengths are not validated
+// on every path that gets here, and their product must not overflow).
+double decode_cost(const DecodeArgs& a) {
+  double keys = 0;
+  for (int req = 0; req < a.batch; ++req) keys += std::max(a.cache_seqlens[req], 0);
+  return keys * a.h_kv * a.s_q * (a.h_q / a.h_kv);
+}
+
 // fn(i) for i in [0, n), spread over the host's cores; inline when the work is small (a thread
 // start costs tens of microseconds). `cost` estimates the work of all n items in key x row units.
 template <class Fn>
-void parallel_for(int64_t n, int64_t cost, Fn fn) {
-  constexpr int64_t kMinCostPerThread = 1 << 16;
+void parallel_for(int64_t n, double cost, Fn fn) {
+  constexpr double kMinCostPerThread = 1 << 16;
   const int64_t threads =
-      std::min({host_threads(), n, std::max<int64_t>(1, cost / kMinCostPerThread), int64_t(64)});
+      std::min({host_threads(), n, int64_t(std::clamp(cost / kMinCostPerThread, 1.0, 64.0))});
   if (threads <= 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
@@ -153,10 +161,8 @@ RowResult combine_rows(const std::vector<RowResult>& parts) {
 
 void reference_host(const DecodeArgs& a) {
   const int rows = a.s_q * (a.h_q / a.h_kv);
-  int64_t keys = 0;
-  for (int req = 0; req < a.batch; ++req) keys += std::max(a.cache_seqlens[req], 0);
   // One item per (request, KV head): its rows share the request's keys in cache.
-  parallel_for(int64_t(a.batch) * a.h_kv, keys * a.h_kv * rows, [&](int64_t i) {
+  parallel_for(int64_t(a.batch) * a.h_kv, decode_cost(a), [&](int64_t i) {
     const int req = int(i / a.h_kv), h = int(i % a.h_kv);
     for (int row = 0; row < rows; ++row)
       write_final(a, req, h, row, attend_row(a, req, h, row, 0, a.cache_seqlens[req]));
@@ -176,9 +182,7 @@ void decode_host(const DecodeArgs& a, void* workspace) {
   // for it (its workspace slots and output rows), so even a corrupted plan (tests call this
   // without validation) cannot make two threads write one element.
   const auto* plan = reinterpret_cast<const MetadataRow*>(a.tile_scheduler_metadata);
-  int64_t total_keys = 0;
-  for (int req = 0; req < a.batch; ++req) total_keys += std::max(a.cache_seqlens[req], 0);
-  parallel_for(int64_t(a.h_kv) * rows, total_keys * a.h_kv * rows, [&](int64_t i) {
+  parallel_for(int64_t(a.h_kv) * rows, decode_cost(a), [&](int64_t i) {
     const int h = int(i / rows), row = int(i % rows);
     for (int p = 0; p < a.num_sm_parts; ++p) {
       const MetadataRow part = sanitize_part(plan[p], a.batch);
